@@ -1,0 +1,507 @@
+"""Model parameters: values, priors, bounds and the unconstrained transform.
+
+``Params`` is an ``eqx.Module`` whose every field is one model parameter (a scalar array, or
+a batch of them under ``vmap``).  ``ParamSpace`` carries what is known *about* the parameters
+of one region: units, the prior (value and CI_95 from the JSON files in ``data/``), the bounds
+(the CI_95) and the scale (linear or log) on which the bounded logistic transform acts.
+``ParamSpace.select(...)`` returns a ``FreeSet``, which maps the chosen parameters to a flat
+vector in R^k and back, keeping every other parameter frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._paths import data_path
+
+__all__ = [
+    "PARAM_NAMES",
+    "SEED_PARAM_NAMES",
+    "ParameterError",
+    "Params",
+    "ParamSpec",
+    "ParamSpace",
+    "FreeSet",
+    "load_param_space",
+]
+
+Scalar = Float[Array, "*batch"]
+
+
+class ParameterError(ValueError):
+    """A parameter file or value is invalid; the message names region, parameter and file."""
+
+
+class Params(eqx.Module):
+    """Every parameter of the V-SOM-theta model (see ``docs/model.md`` for units and roles).
+
+    The first nine are the seed's; the rest are the constants of the model document, each
+    with a prior in ``data/priors_extra.json``; ``V0``, ``SOM0`` and ``theta0`` are the
+    initial state at the start year.
+    """
+
+    # --- the seed's nine -------------------------------------------------------------------
+    r_V: Scalar  # yr^-1, intrinsic cover growth rate
+    K_V: Scalar  # fraction, cover carrying capacity
+    lambda1: Scalar  # yr^-1 per (m^3/m^3), moisture feedback on cover
+    lambda2: Scalar  # yr^-1 per %SOM, SOM feedback on cover
+    theta_star: Scalar  # m^3/m^3, moisture threshold
+    SOM_star: Scalar  # %, SOM lock-in threshold
+    a1: Scalar  # kg C m^-2 yr^-1 per V, litter input
+    a2: Scalar  # yr^-1, SOC decay (top layer)
+    eta1: Scalar  # mm per %SOM, retention gain
+    # --- lags and planting -----------------------------------------------------------------
+    tau_VS: Scalar  # yr, mean delay cover -> litter input
+    tau_SH: Scalar  # yr, mean delay topsoil SOM -> hydrology
+    s_plant: Scalar  # yr^-1, planting rate at full effort
+    # --- soil water bucket ------------------------------------------------------------------
+    Z_r: Scalar  # mm, root-zone depth
+    theta_fc: Scalar  # m^3/m^3, field capacity without SOM gain
+    theta_wp: Scalar  # m^3/m^3, wilting point
+    ET_p: Scalar  # mm yr^-1, potential evapotranspiration
+    e_s: Scalar  # fraction, bare-soil share of potential ET
+    c_R: Scalar  # fraction, runoff coefficient at saturation, reference intensity, bare soil
+    gamma: Scalar  # dimensionless, exponent of g(theta)
+    omega: Scalar  # dimensionless, intensity exponent of runoff
+    b_V: Scalar  # fraction, runoff reduction at full cover
+    b_eng: Scalar  # fraction, runoff reduction under engineering measures
+    k_L: Scalar  # mm yr^-1, deep drainage at field capacity
+    c_L: Scalar  # dimensionless, drainage exponent
+    # --- sediment ---------------------------------------------------------------------------
+    k_E: Scalar  # t ha^-1 yr^-1 per mm^m_E, sediment coefficient
+    m_E: Scalar  # dimensionless, runoff exponent of sediment
+    c_E: Scalar  # dimensionless, cover effect on sediment at reference intensity
+    omega_E: Scalar  # dimensionless, intensity dependence of the cover effect
+    e_C: Scalar  # dimensionless, carbon enrichment ratio of eroded sediment
+    # --- soil carbon profile ----------------------------------------------------------------
+    rho_b: Scalar  # g cm^-3, bulk density
+    f_0: Scalar  # fraction, litter input share 0-10 cm (shares are normalised to sum 1)
+    f_1: Scalar  # fraction, litter input share 10-20 cm
+    f_2: Scalar  # fraction, litter input share 20-40 cm
+    m_1: Scalar  # dimensionless, decay multiplier 10-20 cm (0-10 cm is 1)
+    m_2: Scalar  # dimensionless, decay multiplier 20-40 cm
+    i_ref: Scalar  # mm min^-1, reference storm intensity
+    # --- initial state ----------------------------------------------------------------------
+    V0: Scalar  # fraction, cover at the start year
+    SOM0: Scalar  # %, SOM of 0-20 cm at the start year
+    theta0: Scalar  # m^3/m^3, soil moisture at the start year
+
+    def replace(self, **values) -> Params:
+        """Return a copy with the named parameters replaced (values cast to this dtype)."""
+        unknown = set(values) - set(PARAM_NAMES)
+        if unknown:
+            raise ParameterError(f"unknown parameter(s) {sorted(unknown)}; known: {PARAM_NAMES}")
+        dtype = self.dtype
+        return dataclasses.replace(
+            self, **{k: jnp.asarray(v, dtype=dtype) for k, v in values.items()}
+        )
+
+    @property
+    def dtype(self):
+        return jnp.asarray(self.r_V).dtype
+
+    def astype(self, dtype) -> Params:
+        """Cast every parameter to ``dtype`` (e.g. ``jnp.float32`` for speed)."""
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=dtype), self)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as a ``{name: numpy array}`` dict (for reports and files)."""
+        return {k: np.asarray(getattr(self, k)) for k in PARAM_NAMES}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object], dtype=None) -> Params:
+        missing = [k for k in PARAM_NAMES if k not in values]
+        if missing:
+            raise ParameterError(f"missing parameter(s) {missing}")
+        return cls(**{k: jnp.asarray(values[k], dtype=dtype) for k in PARAM_NAMES})
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
+SEED_PARAM_NAMES: tuple[str, ...] = PARAM_NAMES[:9]
+
+# Units we accept for each parameter (first entry is canonical; the rest are spellings of it).
+UNITS: dict[str, tuple[str, ...]] = {
+    "r_V": ("yr^-1", "1/yr"),
+    "K_V": ("fraction",),
+    "lambda1": ("yr^-1 per (m^3/m^3)",),
+    "lambda2": ("yr^-1 per %SOM",),
+    "theta_star": ("m^3/m^3",),
+    "SOM_star": ("%",),
+    "a1": ("kg C m^-2 yr^-1 per V",),
+    "a2": ("yr^-1", "1/yr"),
+    "eta1": ("mm per %SOM", "mm/(% SOM)"),
+    "tau_VS": ("yr",),
+    "tau_SH": ("yr",),
+    "s_plant": ("yr^-1", "1/yr"),
+    "Z_r": ("mm",),
+    "theta_fc": ("m^3/m^3",),
+    "theta_wp": ("m^3/m^3",),
+    "ET_p": ("mm yr^-1", "mm/yr"),
+    "e_s": ("fraction",),
+    "c_R": ("fraction",),
+    "gamma": ("dimensionless",),
+    "omega": ("dimensionless",),
+    "b_V": ("fraction",),
+    "b_eng": ("fraction",),
+    "k_L": ("mm yr^-1", "mm/yr"),
+    "c_L": ("dimensionless",),
+    "k_E": ("t ha^-1 yr^-1 per mm^m_E",),
+    "m_E": ("dimensionless",),
+    "c_E": ("dimensionless",),
+    "omega_E": ("dimensionless",),
+    "e_C": ("dimensionless",),
+    "rho_b": ("g cm^-3",),
+    "f_0": ("fraction",),
+    "f_1": ("fraction",),
+    "f_2": ("fraction",),
+    "m_1": ("dimensionless",),
+    "m_2": ("dimensionless",),
+    "i_ref": ("mm min^-1", "mm/min"),
+    "V0": ("fraction",),
+    "SOM0": ("%",),
+    "theta0": ("m^3/m^3",),
+}
+assert set(UNITS) == set(PARAM_NAMES)
+
+SEED_FILE = "priors_seed.json"
+EXTRA_FILE = "priors_extra.json"
+# Regions of the seed that hold only cross-site priors, not a full parameter set.
+PARTIAL_REGIONS = {"Universal"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """What is known about one parameter: prior value, 95% interval (= bounds), units, scale.
+
+    ``scale`` is ``"log"`` when the interval is positive and spans a factor of 3 or more,
+    else ``"linear"``; the unconstrained coordinate is the logit of the position inside the
+    bounds on that scale.  The prior is normal on that scale with mean at the value and
+    standard deviation ``(hi - lo) / 3.92`` (so that CI_95 is its 95% interval).
+    """
+
+    name: str
+    value: float
+    lower: float
+    upper: float
+    units: str
+    source: str
+    file: str
+
+    @property
+    def scale(self) -> str:
+        return "log" if self.lower > 0 and self.upper / self.lower >= 3.0 else "linear"
+
+    @property
+    def prior_sd(self) -> float:
+        f = math.log if self.scale == "log" else float
+        return (f(self.upper) - f(self.lower)) / 3.92
+
+    @property
+    def prior_mean(self) -> float:
+        return math.log(self.value) if self.scale == "log" else self.value
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ParameterError(f"{path}: not valid JSON ({err})") from err
+
+
+def _spec_from_entry(region: str, name: str, entry: object, file: str) -> ParamSpec:
+    where = f"region {region!r}, parameter {name!r} in {file}"
+    if not isinstance(entry, Mapping):
+        raise ParameterError(f"{where}: expected an object with value/units/CI_95")
+    for key in ("value", "units", "CI_95"):
+        if key not in entry:
+            raise ParameterError(f"{where}: missing {key!r}")
+    try:
+        value = float(entry["value"])
+        lo, hi = (float(v) for v in entry["CI_95"])
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"{where}: value and CI_95 must be numbers ({err})") from err
+    if not all(math.isfinite(v) for v in (value, lo, hi)):
+        raise ParameterError(f"{where}: value and CI_95 must be finite")
+    if not lo < hi:
+        raise ParameterError(f"{where}: CI_95 low ({lo}) must be below high ({hi})")
+    if not lo <= value <= hi:
+        raise ParameterError(f"{where}: value {value} lies outside its CI_95 [{lo}, {hi}]")
+    units = entry["units"]
+    if units not in UNITS[name]:
+        raise ParameterError(
+            f"{where}: unknown units {units!r}; expected one of {list(UNITS[name])}"
+        )
+    source = str(entry.get("source", entry.get("notes", entry.get("note", ""))))
+    return ParamSpec(name, value, lo, hi, UNITS[name][0], source, file)
+
+
+def _region_specs(region: str, files: Sequence[Path]) -> dict[str, ParamSpec]:
+    specs: dict[str, ParamSpec] = {}
+    known_regions: set[str] = set()
+    for path in files:
+        doc = _read_json(path)
+        known_regions |= {k for k in doc if not k.startswith("_")}
+        block = doc.get(region)
+        if block is None:
+            continue
+        for name, entry in block.items():
+            if name not in UNITS:
+                raise ParameterError(
+                    f"region {region!r}, parameter {name!r} in {path.name}: unknown parameter"
+                )
+            specs[name] = _spec_from_entry(region, name, entry, path.name)
+    if region in PARTIAL_REGIONS:
+        raise ParameterError(
+            f"region {region!r} holds cross-site priors only, not a full parameter set; "
+            f"choose one of {sorted(known_regions - PARTIAL_REGIONS)}"
+        )
+    if region not in known_regions:
+        raise ParameterError(
+            f"unknown region {region!r} in {[p.name for p in files]}; "
+            f"known: {sorted(known_regions - PARTIAL_REGIONS)}"
+        )
+    missing = [n for n in PARAM_NAMES if n not in specs]
+    if missing:
+        raise ParameterError(
+            f"region {region!r}: missing parameter(s) {missing} in {[p.name for p in files]}"
+        )
+    return specs
+
+
+def _check_shares(region: str, specs: Mapping[str, ParamSpec]) -> None:
+    if specs["theta_wp"].value >= specs["theta_fc"].value:
+        raise ParameterError(
+            f"region {region!r}: theta_wp ({specs['theta_wp'].value}) must be below "
+            f"theta_fc ({specs['theta_fc'].value}) in {specs['theta_fc'].file}"
+        )
+
+
+class ParamSpace(eqx.Module):
+    """Priors, bounds and transforms for every parameter of one region.
+
+    Build with :func:`load_param_space`.  All methods are pure and work under ``jit``,
+    ``vmap`` and ``grad`` (the spec table is static).
+    """
+
+    region: str = eqx.field(static=True)
+    specs: tuple[ParamSpec, ...] = eqx.field(static=True)
+
+    def __check_init__(self):
+        if tuple(s.name for s in self.specs) != PARAM_NAMES:
+            raise ParameterError("ParamSpace specs must list every parameter in order")
+
+    # --- lookup ------------------------------------------------------------------------------
+    def spec(self, name: str) -> ParamSpec:
+        try:
+            return self.specs[PARAM_NAMES.index(name)]
+        except ValueError:
+            raise ParameterError(
+                f"unknown parameter {name!r} (region {self.region!r}); known: {PARAM_NAMES}"
+            ) from None
+
+    def _tree(self, attr: str, dtype=None) -> Params:
+        return Params(**{s.name: jnp.asarray(getattr(s, attr), dtype=dtype) for s in self.specs})
+
+    def prior_values(self, dtype=None) -> Params:
+        """The prior central values (the JSON ``value`` fields) as ``Params``."""
+        return self._tree("value", dtype)
+
+    def lower(self, dtype=None) -> Params:
+        return self._tree("lower", dtype)
+
+    def upper(self, dtype=None) -> Params:
+        return self._tree("upper", dtype)
+
+    # --- transforms ----------------------------------------------------------------------
+    def to_unconstrained(self, params: Params) -> Params:
+        """Map physical values inside the bounds to R (logit of the scaled position)."""
+
+        def f(spec: ParamSpec, x):
+            lo, hi, x = _on_scale(spec, x)
+            eps = 10 * jnp.finfo(x.dtype).eps
+            frac = jnp.clip((x - lo) / (hi - lo), eps, 1 - eps)
+            return jnp.log(frac) - jnp.log1p(-frac)
+
+        return self._map(f, params)
+
+    def to_constrained(self, u: Params) -> Params:
+        """Inverse of :meth:`to_unconstrained`: R -> the open interval of the bounds."""
+
+        def f(spec: ParamSpec, z):
+            z = jnp.asarray(z)
+            lo, hi, _ = _on_scale(spec, z)
+            y = lo + (hi - lo) * jax.nn.sigmoid(z)
+            return jnp.exp(y) if spec.scale == "log" else y
+
+        return self._map(f, u)
+
+    def _map(self, fn, tree: Params) -> Params:
+        return Params(**{s.name: fn(s, getattr(tree, s.name)) for s in self.specs})
+
+    # --- prior ---------------------------------------------------------------------------
+    def log_prior(self, params: Params, names: Iterable[str] | None = None) -> Scalar:
+        """Gaussian log prior density (up to a constant) on each parameter's scale.
+
+        Arguments:
+            params: physical parameter values.
+            names: which parameters to include (default all).
+        Returns:
+            scalar (or batch) sum of ``-0.5 ((s(x) - s(value)) / sd)^2``.
+        """
+        names = PARAM_NAMES if names is None else tuple(names)
+        total = 0.0
+        for name in names:
+            spec = self.spec(name)
+            x = jnp.asarray(getattr(params, name))
+            s = jnp.log(x) if spec.scale == "log" else x
+            total = total - 0.5 * ((s - spec.prior_mean) / spec.prior_sd) ** 2
+        return total
+
+    def sample_prior(self, key, n: int | None = None, dtype=None) -> Params:
+        """Draws from the prior truncated to the bounds (normal on each parameter's scale).
+
+        Returns ``Params`` with leading batch dimension ``n`` (or scalars if ``n`` is None).
+        """
+        shape = () if n is None else (n,)
+        keys = jax.random.split(key, len(self.specs))
+        out = {}
+        for k, spec in zip(keys, self.specs):
+            lo_s, hi_s = _scale_bounds(spec)
+            a = (lo_s - spec.prior_mean) / spec.prior_sd
+            b = (hi_s - spec.prior_mean) / spec.prior_sd
+            z = jax.random.truncated_normal(k, a, b, shape, dtype=dtype or jnp.float32)
+            s = spec.prior_mean + spec.prior_sd * z
+            out[spec.name] = jnp.exp(s) if spec.scale == "log" else s
+        return Params(**out)
+
+    # --- subsets -------------------------------------------------------------------------
+    def select(self, *names: str) -> FreeSet:
+        """The free-parameter set of a fit stage: ``space.select("r_V", "K_V")``."""
+        if len(names) == 1 and not isinstance(names[0], str):
+            names = tuple(names[0])
+        for n in names:
+            self.spec(n)
+        if len(set(names)) != len(names):
+            raise ParameterError(f"parameter named twice in {names}")
+        return FreeSet(self, tuple(names))
+
+    # --- overrides -----------------------------------------------------------------------
+    def override(self, path: str | Path, params: Params | None = None) -> Params:
+        """Values from a JSON file in the seed's schema replace those of ``params``.
+
+        The file may hold ``{region: {name: {"value": ...}}}`` (the seed's layout) or
+        ``{name: {"value": ...}}``.  Values are checked against this region's CI_95.
+        """
+        path = Path(path)
+        doc = _read_json(path)
+        block = doc.get(self.region, doc) if isinstance(doc, Mapping) else None
+        if not isinstance(block, Mapping):
+            raise ParameterError(f"{path}: expected a JSON object")
+        regions = {k for k in block if k not in UNITS and not k.startswith("_")}
+        if regions:
+            raise ParameterError(
+                f"{path}: region {self.region!r} not found (file has {sorted(regions)}) "
+                f"or unknown parameter(s) {sorted(regions)}"
+            )
+        base = self.prior_values() if params is None else params
+        values = {}
+        for name, entry in block.items():
+            if name.startswith("_"):
+                continue
+            where = f"region {self.region!r}, parameter {name!r} in {path.name}"
+            raw = entry.get("value") if isinstance(entry, Mapping) else entry
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ParameterError(f"{where}: value must be a number, got {raw!r}") from None
+            spec = self.spec(name)
+            if isinstance(entry, Mapping) and "units" in entry and entry["units"] not in UNITS[name]:
+                raise ParameterError(
+                    f"{where}: unknown units {entry['units']!r}; expected {list(UNITS[name])}"
+                )
+            if not (math.isfinite(value) and spec.lower <= value <= spec.upper):
+                raise ParameterError(
+                    f"{where}: value {value} lies outside its CI_95 "
+                    f"[{spec.lower}, {spec.upper}] ({spec.file})"
+                )
+            values[name] = value
+        return base.replace(**values)
+
+
+def _on_scale(spec: ParamSpec, x):
+    lo, hi = _scale_bounds(spec)
+    if spec.scale == "log":
+        x = jnp.log(x)
+    return lo, hi, x
+
+
+def _scale_bounds(spec: ParamSpec) -> tuple[float, float]:
+    if spec.scale == "log":
+        return math.log(spec.lower), math.log(spec.upper)
+    return spec.lower, spec.upper
+
+
+class FreeSet(eqx.Module):
+    """A chosen subset of free parameters and its flat unconstrained vector.
+
+    ``pack`` maps ``Params`` to a vector u in R^k (k = number of free names); ``unpack``
+    maps u back, taking every other parameter from ``base`` with its gradient stopped.
+    """
+
+    space: ParamSpace
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def pack(self, params: Params) -> Float[Array, "*batch k"]:
+        u = self.space.to_unconstrained(params)
+        return jnp.stack([jnp.asarray(getattr(u, n)) for n in self.names], axis=-1)
+
+    def unpack(self, vec: Float[Array, "*batch k"], base: Params) -> Params:
+        base = jax.lax.stop_gradient(base)
+        u = self.space.to_unconstrained(base)
+        u = dataclasses.replace(u, **{n: vec[..., i] for i, n in enumerate(self.names)})
+        full = self.space.to_constrained(u)
+        # Frozen parameters come back exactly as given (not through the round trip).
+        return dataclasses.replace(
+            base, **{n: getattr(full, n) for n in self.names}
+        )
+
+    def log_prior(self, params: Params) -> Scalar:
+        return self.space.log_prior(params, self.names)
+
+
+def load_param_space(
+    region: str, files: Sequence[str | Path] | None = None
+) -> ParamSpace:
+    """Priors for ``region`` from the seed JSON and the extra-constants JSON.
+
+    Arguments:
+        region: ``"LoessPlateau"`` or ``"ChihuahuanDesert"``.
+        files: JSON files in the seed's schema, later ones adding to earlier ones (default:
+            ``data/priors_seed.json`` then ``data/priors_extra.json``).
+    Returns:
+        the region's :class:`ParamSpace`.
+    Raises:
+        ParameterError naming region, parameter and file for a missing parameter, a value
+        outside its CI_95, a CI_95 with low >= high, unknown units or an unknown region.
+    """
+    paths = [data_path(SEED_FILE), data_path(EXTRA_FILE)] if files is None else [
+        Path(f) for f in files
+    ]
+    specs = _region_specs(region, paths)
+    _check_shares(region, specs)
+    return ParamSpace(region, tuple(specs[n] for n in PARAM_NAMES))

@@ -105,7 +105,7 @@ def _series(name: str, value, start: int, end: int, fill: float | None) -> np.nd
     years = np.arange(start, end + 1)
     if isinstance(value, Mapping):
         if fill is None:
-            missing = [y for y in years if y not in value]
+            missing = [int(y) for y in years if int(y) not in value]
             if missing:
                 raise ValueError(f"forcing {name!r}: no value for years {missing} and no fill")
         out = np.array([float(value.get(int(y), fill)) for y in years])

@@ -123,12 +123,10 @@ def rates(y, p: Params, d: Drivers, layout: Layout, xp=jnp):
 
     som = som_topsoil(C0, C1, p.rho_b)
 
-    # Vegetation: logistic growth, threshold feedbacks, planting.
-    dV = (
-        p.r_V * V * (1.0 - V / p.K_V)
-        + V * (p.lambda1 * (th - p.theta_star) + p.lambda2 * (som - p.SOM_star))
-        + p.s_plant * d.psi_plant * (p.K_V - V)
-    )
+    # Vegetation: logistic growth whose per-capita rate carries the threshold feedbacks
+    # (so that K_V stays the ceiling; see docs/model.md, "changes"), plus planting.
+    net = p.r_V + p.lambda1 * (th - p.theta_star) + p.lambda2 * (som - p.SOM_star)
+    dV = V * (1.0 - V / p.K_V) * net + p.s_plant * d.psi_plant * (p.K_V - V)
 
     # Linear-chain lags (mean delays tau_VS, tau_SH).
     kx = n / p.tau_VS

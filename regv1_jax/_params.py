@@ -253,7 +253,7 @@ def _region_specs(region: str, files: Sequence[Path]) -> dict[str, ParamSpec]:
         doc = _read_json(path)
         known_regions |= {k for k in doc if not k.startswith("_")}
         block = doc.get(region)
-        if block is None:
+        if block is None or region in PARTIAL_REGIONS:
             continue
         for name, entry in block.items():
             if name not in UNITS:
@@ -342,7 +342,8 @@ class ParamSpace(eqx.Module):
             z = jnp.asarray(z)
             lo, hi, _ = _on_scale(spec, z)
             y = lo + (hi - lo) * jax.nn.sigmoid(z)
-            return jnp.exp(y) if spec.scale == "log" else y
+            y = jnp.exp(y) if spec.scale == "log" else y
+            return jnp.clip(y, spec.lower, spec.upper)  # exp(log(hi)) may round above hi
 
         return self._map(f, u)
 

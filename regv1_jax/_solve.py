@@ -38,7 +38,7 @@ from ._params import Params
 __all__ = ["simulate", "solve_grid", "Simulation", "STATUS_MESSAGES", "METHODS"]
 
 METHODS = ("tsit5", "dopri8", "kvaerno5", "rk4")
-ADJOINTS = ("checkpoint", "backsolve")
+ADJOINTS = ("checkpoint", "backsolve", "forward")
 
 # Status codes of a solve (per sample under vmap).
 OK, MAX_STEPS, SOLVER_FAILED, NONFINITE = 0, 1, 2, 3
@@ -116,6 +116,8 @@ def _adjoint(adjoint: str):
         return dfx.RecursiveCheckpointAdjoint()
     if adjoint == "backsolve":
         return dfx.BacksolveAdjoint(solver=dfx.Tsit5())
+    if adjoint == "forward":
+        return dfx.ForwardMode()  # for jax.jacfwd (Fisher information)
     raise ValueError(f"unknown adjoint {adjoint!r}; choose one of {ADJOINTS}")
 
 
@@ -166,7 +168,7 @@ def _solve_rk4(params, forcing, layout, steps_per_year):
         def step(y, _):
             return _rk4_step(y, params, d, layout, h), None
 
-        y, _ = jax.lax.scan(step, y, None, length=half, unroll=True)
+        y, _ = jax.lax.scan(step, y, None, length=half)
         return y
 
     def year(y, f):
@@ -270,7 +272,8 @@ def simulate(
         forcing: annual forcings; the run covers ``forcing.start .. forcing.end``.
         method: ``"tsit5"`` (default), ``"dopri8"``, ``"kvaerno5"`` (implicit) or ``"rk4"``
             (fixed ``steps_per_year``, the fast ensemble path).
-        adjoint: ``"checkpoint"`` (default) or ``"backsolve"``; diffrax methods only.
+        adjoint: ``"checkpoint"`` (default), ``"backsolve"`` or ``"forward"`` (forward-mode
+            autodiff, for ``jax.jacfwd``); diffrax methods only.
         rtol, atol: adaptive tolerances (default 1e-8/1e-9 in float64, 1e-5/1e-6 in float32).
         max_steps: cap on adaptive steps; reaching it gives status 1, not an exception.
         steps_per_year: even number of RK4 steps per year (``method="rk4"``).

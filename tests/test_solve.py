@@ -161,7 +161,7 @@ def test_bad_forcing_and_options_raise():
     with pytest.raises(ValueError, match="unknown method 'euler'"):
         r.simulate(p, f, method="euler")
     with pytest.raises(ValueError, match="unknown adjoint"):
-        r.simulate(p, f, adjoint="forward")
+        r.simulate(p, f, adjoint="sideways")
     with pytest.raises(ValueError, match="steps_per_year must be an even int"):
         r.simulate(p, f, method="rk4", steps_per_year=5)
 

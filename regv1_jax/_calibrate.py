@@ -1,0 +1,393 @@
+"""Staged, gradient-based calibration (the seed's "Fit ODEs with hierarchical approach").
+
+Each :class:`Stage` names its free parameters and the observed variables it fits.  Stages run
+in order; each warm-starts from the previous result and leaves the earlier stages' values
+frozen.  Inside a stage, ``n_starts`` starts (the warm start plus draws from the prior) run
+at once under ``vmap``: Adam, then L-BFGS (Optax), each a fixed number of iterations inside
+``lax.scan`` (one trace, no Python loop over iterations).  The objective is MAP on the
+unconstrained scale: masked, spread-weighted least squares plus the prior penalty of the
+stage's free parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._forcing import Forcing
+from ._objective import (
+    SEED_EVENTS,
+    TARGET_VARIABLES,
+    EventConstraints,
+    Targets,
+    data_residuals,
+    event_residuals,
+)
+from ._params import FreeSet, Params, ParamSpace
+from ._solve import simulate
+
+__all__ = ["Stage", "SEED_STAGES", "CalibrationConfig", "CalibrationError", "StageResult",
+           "run_stage", "calibrate_stages", "load_config", "residual_fn"]
+
+
+class CalibrationError(ValueError):
+    """A calibration cannot run as asked (bad stage, too few observations, no start)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of the staged fit: free parameters, fitted variables, event constraints."""
+
+    name: str
+    free: tuple[str, ...]
+    variables: tuple[str, ...]
+    events: bool = False
+    description: str = ""
+
+    def check(self, space: ParamSpace) -> None:
+        for p in self.free:
+            if p not in {s.name for s in space.specs}:
+                raise CalibrationError(f"stage {self.name!r} names unknown parameter {p!r}")
+        for v in self.variables:
+            if v not in TARGET_VARIABLES:
+                raise CalibrationError(
+                    f"stage {self.name!r} names unknown variable {v!r}; known: "
+                    f"{TARGET_VARIABLES}")
+        if not self.free:
+            raise CalibrationError(f"stage {self.name!r} has no free parameters")
+        if not self.variables and not self.events:
+            raise CalibrationError(f"stage {self.name!r} fits no variable and no constraint")
+
+
+SOM_VARS = ("SOM_%", "SOM_0-10_%", "SOM_10-20_%", "SOM_20-40_%")
+
+SEED_STAGES: tuple[Stage, ...] = (
+    Stage("a_vegetation", ("r_V", "K_V"), ("veg_cover_%",),
+          description="(a) r_V, K_V on cover V(t); theta and SOM follow the current "
+          "(prior) parameters and are not refitted"),
+    Stage("b_soil_carbon", ("a1", "a2"), SOM_VARS,
+          description="(b) a1, a2 on SOM (0-20 cm and the 0-10, 10-20, 20-40 cm layers)"),
+    Stage("c_hydrology", ("lambda1", "lambda2", "eta1"),
+          ("runoff_mm", "theta_m3/m3", "veg_cover_%", "SOM_%"),
+          description="(c) lambda1, lambda2, eta1 on runoff and theta with V and SOM "
+          "simulated jointly (their misfit kept in the objective)"),
+    Stage("d_runoff_erosion", ("gamma", "b_V", "c_E", "omega_E", "k_E"),
+          ("runoff_mm", "erosion_t/ha"), events=True,
+          description="(d) g(theta) exponent and the erosion cover effect from the "
+          "rainfall-simulation constraints (intensity-weighted) and erosion data"),
+    Stage("e_joint", ("r_V", "K_V", "a1", "a2", "lambda1", "lambda2", "eta1", "gamma",
+                      "b_V", "c_E", "omega_E", "k_E"),
+          TARGET_VARIABLES, events=True,
+          description="(e) joint polish of every staged parameter from the staged values "
+          "(our addition: removes the bias of fitting (a) with (c)'s parameters at prior)"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """Settings of a calibration (all have defaults; ``load_config`` reads them from JSON)."""
+
+    stages: tuple[Stage, ...] = SEED_STAGES
+    n_starts: int = 8
+    adam_steps: int = 150
+    adam_lr: float = 0.1
+    lbfgs_steps: int = 60
+    gtol: float = 1e-3   # converged: |grad| <= gtol (1 + |loss|) and the loss moved by
+    ftol: float = 1e-6   # at most ftol (1 + |loss|) over the last 10 iterations
+    method: str = "tsit5"
+    rtol: float = 1e-6
+    atol: float = 1e-6
+    steps_per_year: int = 12
+    holdout: tuple[int, int] | None = (2011, 2015)
+    seed: int = 0
+    prior_weight: float = 1.0  # 0: plain weighted least squares (twin experiments)
+    events: EventConstraints = SEED_EVENTS
+
+
+def load_config(path: str | Path, base: CalibrationConfig | None = None) -> CalibrationConfig:
+    """Read a calibration config from JSON.
+
+    ``{"stages": [{"name": "...", "free": [...], "variables": [...], "events": false}],
+    "n_starts": 8, "adam_steps": 150, "lbfgs_steps": 60, "method": "tsit5",
+    "holdout": [2011, 2015], "seed": 0}``; absent keys keep their defaults.
+    """
+    base = base or CalibrationConfig()
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CalibrationError(f"{path}: not valid JSON ({err})") from err
+    fields = {f.name for f in dataclasses.fields(CalibrationConfig)} - {"events"}
+    unknown = set(doc) - fields
+    if unknown:
+        raise CalibrationError(f"{path}: unknown config key(s) {sorted(unknown)}")
+    kw = dict(doc)
+    if "stages" in kw:
+        stages = []
+        for i, s in enumerate(kw["stages"]):
+            try:
+                stages.append(Stage(name=s["name"], free=tuple(s["free"]),
+                                    variables=tuple(s.get("variables", ())),
+                                    events=bool(s.get("events", False)),
+                                    description=s.get("description", "")))
+            except (KeyError, TypeError) as err:
+                raise CalibrationError(f"{path}: stage {i} needs name and free ({err})") from err
+        kw["stages"] = tuple(stages)
+    if "holdout" in kw and kw["holdout"] is not None:
+        kw["holdout"] = tuple(kw["holdout"])
+    return dataclasses.replace(base, **kw)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What a stage did: its values and how the optimiser got there."""
+
+    name: str
+    free: tuple[str, ...]
+    values: dict[str, float]
+    start_values: dict[str, float]
+    n_obs: int
+    skipped: str | None = None
+    iterations: int = 0
+    final_loss: float = float("nan")
+    initial_loss: float = float("nan")
+    grad_norm: float = float("nan")
+    converged: bool = False
+    best_start: int = -1
+    n_starts: int = 0
+    dropped_starts: tuple[int, ...] = ()
+    start_losses: tuple[float, ...] = ()
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _mask_tree(space: ParamSpace, names) -> Params:
+    # Arrays, not Python bools: the mask is data, so every stage shares one trace.
+    return Params(**{s.name: jnp.asarray(s.name in names) for s in space.specs})
+
+
+def _stack(space: ParamSpace, p: Params):
+    return jnp.stack([jnp.asarray(getattr(p, s.name)) for s in space.specs], axis=-1)
+
+
+def _unstack(space: ParamSpace, u) -> Params:
+    return Params(**{s.name: u[..., i] for i, s in enumerate(space.specs)})
+
+
+def params_from_vector(space: ParamSpace, u, base: Params, mask: Params) -> Params:
+    """Parameters from the full unconstrained vector ``u``; where ``mask`` is False the
+    value is ``base``'s, exactly and with no gradient."""
+    full = space.to_constrained(_unstack(space, u))
+    base = jax.lax.stop_gradient(base)
+    return jax.tree_util.tree_map(lambda m, a, b: jnp.where(m, a, b), mask, full, base)
+
+
+def _weights(stage: Stage, dtype):
+    var_w = jnp.asarray([1.0 if v in stage.variables else 0.0 for v in TARGET_VARIABLES], dtype)
+    return var_w, jnp.asarray(1.0 if stage.events else 0.0, dtype)
+
+
+def _prior_residuals(space: ParamSpace, p: Params, mask: Params):
+    out = []
+    for spec in space.specs:
+        x = getattr(p, spec.name)
+        s = jnp.log(x) if spec.scale == "log" else x
+        out.append(jnp.where(getattr(mask, spec.name), (s - spec.prior_mean) / spec.prior_sd,
+                             0.0))
+    return jnp.stack(out)
+
+
+def _residuals(u, base, mask, var_w, ev_w, forcing, targets, space, cfg, adjoint):
+    """Stacked residuals: data (weighted by stage), event constraints, prior (free only).
+
+    0.5 * |r|^2 is the stage's negative log posterior up to a constant.
+    """
+    p = params_from_vector(space, u, base, mask)
+    sim = simulate(p, forcing, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
+                   steps_per_year=cfg.steps_per_year, adjoint=adjoint)
+    r_data = data_residuals(sim, targets, TARGET_VARIABLES)
+    n = forcing.n_years
+    r_data = r_data * jnp.repeat(jnp.sqrt(var_w), n)
+    r_ev = jnp.sqrt(ev_w) * event_residuals(p, cfg.events)
+    r_prior = jnp.sqrt(cfg.prior_weight) * _prior_residuals(space, p, mask)
+    return jnp.concatenate([r_data, r_ev, r_prior])
+
+
+def residual_fn(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
+                targets: Targets, cfg: CalibrationConfig) -> tuple[Callable, FreeSet]:
+    """``(v -> residuals, free)`` over the stage's free parameters only (``v = free.pack``),
+    with forward-mode-capable solves: its ``jax.jacfwd`` is the Gauss-Newton Jacobian."""
+    free = space.select(*stage.free)
+    mask = _mask_tree(space, stage.free)
+    var_w, ev_w = _weights(stage, base.dtype)
+    u_base = _stack(space, space.to_unconstrained(base))
+    idx = jnp.asarray([[s.name for s in space.specs].index(n) for n in stage.free])
+    adjoint = "checkpoint" if cfg.method == "rk4" else "forward"
+
+    def fn(v):
+        u = u_base.at[idx].set(v)
+        return _residuals(u, base, mask, var_w, ev_w, forcing, targets, space, cfg, adjoint)
+
+    return fn, free
+
+
+def _optimise(loss, u0, mask_vec, cfg: CalibrationConfig):
+    """Adam, then L-BFGS with a backtracking line search, from one start.
+
+    One ``lax.scan`` over all iterations; the loss and gradient are computed once per
+    iteration outside a ``lax.cond`` on the (unbatched) iteration index, so that the
+    gradient of the solve is traced once.  Frozen coordinates get zero gradient and never
+    move.
+    """
+    adam = optax.adam(cfg.adam_lr)
+    lbfgs = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
+        max_backtracking_steps=15, store_grad=True))
+
+    def vg(u):
+        val, g = jax.value_and_grad(loss)(u)
+        return val, jnp.where(mask_vec & jnp.isfinite(g), g, 0.0)
+
+    def adam_branch(u, val, g, a_state, l_state):
+        upd, a_state = adam.update(g, a_state, u)
+        return optax.apply_updates(u, upd), a_state, l_state
+
+    def lbfgs_branch(u, val, g, a_state, l_state):
+        upd, new_state = lbfgs.update(g, l_state, u, value=val, grad=g, value_fn=loss)
+        new_u = jnp.where(mask_vec, optax.apply_updates(u, upd), u)
+        good = jnp.isfinite(val) & jnp.all(jnp.isfinite(new_u))
+        u = jnp.where(good, new_u, u)
+        l_state = jax.tree_util.tree_map(lambda a, b: jnp.where(good, a, b), new_state, l_state)
+        return u, a_state, l_state
+
+    def step(carry, i):
+        u, a_state, l_state = carry
+        val, g = vg(u)
+        out = jax.lax.cond(i < cfg.adam_steps, adam_branch, lbfgs_branch,
+                           u, val, g, a_state, l_state)
+        return out, val
+
+    n = cfg.adam_steps + cfg.lbfgs_steps
+    (u, _, _), trace = jax.lax.scan(step, (u0, adam.init(u0), lbfgs.init(u0)), jnp.arange(n))
+    val, g = vg(u)
+    return u, jnp.concatenate([trace, val[None]]), g
+
+
+@eqx.filter_jit
+def _multistart(u0s, base, mask, var_w, ev_w, forcing, targets, space, cfg):
+    """Every start at once (``vmap``).  All stages share this one trace: which parameters
+    are free and which variables count are data (masks and weights), not structure."""
+    mask_vec = _stack(space, mask)
+
+    def loss(u):
+        r = _residuals(u, base, mask, var_w, ev_w, forcing, targets, space, cfg, "checkpoint")
+        return 0.5 * jnp.sum(r**2)
+
+    return jax.vmap(lambda u0: _optimise(loss, u0, mask_vec, cfg))(u0s)
+
+
+def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
+              targets: Targets, cfg: CalibrationConfig, key) -> tuple[Params, StageResult]:
+    """Fit one stage from ``base`` (the warm start); other parameters stay frozen.
+
+    A stage with no observed cell (and no event constraints) is skipped, leaving its
+    parameters at their incoming values (the prior unless an earlier stage moved them).
+    Fewer observed cells than free parameters is an error.  Starts whose loss is not
+    finite are dropped and listed; if every start fails, an error.
+    """
+    stage.check(space)
+    counts = targets.count()
+    n_obs = sum(counts[v] for v in stage.variables)
+    n_constraints = n_obs + (cfg.events.size if stage.events else 0)
+    start_values = {n: float(getattr(base, n)) for n in stage.free}
+    if n_constraints == 0:
+        return base, StageResult(stage.name, stage.free, start_values, start_values, 0,
+                                 skipped="no observations for "
+                                 f"{', '.join(stage.variables)}: parameters left at their "
+                                 "incoming (prior) values")
+    if n_constraints < len(stage.free):
+        raise CalibrationError(
+            f"stage {stage.name!r}: {n_constraints} observations for {len(stage.free)} free "
+            f"parameters ({', '.join(stage.free)}); need at least as many")
+    dtype = base.dtype
+    mask = _mask_tree(space, stage.free)
+    mask_vec = np.asarray(_stack(space, mask))
+    u_warm = _stack(space, space.to_unconstrained(base))
+    draws = _stack(space, space.to_unconstrained(
+        space.sample_prior(key, max(cfg.n_starts - 1, 1), dtype=dtype)))
+    u0s = jnp.concatenate([u_warm[None], jnp.where(mask_vec, draws, u_warm)], axis=0)
+    u0s = u0s[: max(cfg.n_starts, 1)]
+    var_w, ev_w = _weights(stage, dtype)
+    u, traces, grads = _multistart(u0s, base, mask, var_w, ev_w, forcing, targets, space, cfg)
+    traces, grads, u = np.asarray(traces), np.asarray(grads), np.asarray(u)
+    final = traces[:, -1]
+    finite = np.isfinite(final) & np.all(np.isfinite(u), axis=1)
+    dropped = tuple(int(i) for i in np.flatnonzero(~finite))
+    if not finite.any():
+        raise CalibrationError(f"stage {stage.name!r}: every start diverged (failed solve or "
+                               "non-finite loss)")
+    best = int(np.argmin(np.where(finite, final, np.inf)))
+    p_best = params_from_vector(space, jnp.asarray(u[best], dtype), base, mask)
+    loss_best = float(final[best])
+    gnorm = float(np.linalg.norm(grads[best]))
+    tail = traces[best, -11:]
+    dloss = float(np.max(tail) - np.min(tail))
+    scale = 1.0 + abs(loss_best)
+    converged = bool(gnorm <= cfg.gtol * scale and dloss <= cfg.ftol * scale)
+    values = {n: float(getattr(p_best, n)) for n in stage.free}
+    return p_best, StageResult(
+        stage.name, stage.free, values, start_values, n_obs,
+        iterations=cfg.adam_steps + cfg.lbfgs_steps,
+        final_loss=loss_best, initial_loss=float(traces[best, 0]), grad_norm=gnorm,
+        converged=converged, best_start=best, n_starts=len(final), dropped_starts=dropped,
+        start_losses=tuple(float(x) for x in final),
+    )
+
+
+def calibrate_stages(space: ParamSpace, params: Params, forcing: Forcing, targets: Targets,
+                     cfg: CalibrationConfig = CalibrationConfig(),
+                     progress: Callable[[str], None] | None = None,
+                     ) -> tuple[Params, list[StageResult]]:
+    """Run ``cfg.stages`` in order from ``params``; returns the final parameters and reports."""
+    for st in cfg.stages:
+        st.check(space)
+    key = jax.random.PRNGKey(cfg.seed)
+    results = []
+    for i, st in enumerate(cfg.stages):
+        if progress:
+            progress(f"stage {i + 1}/{len(cfg.stages)} {st.name}: free {', '.join(st.free)}")
+        params, res = run_stage(space, st, params, forcing, targets, cfg,
+                                jax.random.fold_in(key, i))
+        results.append(res)
+        if progress:
+            progress("  " + describe(res))
+    return params, results
+
+
+def describe(res: StageResult) -> str:
+    if res.skipped:
+        return f"{res.name}: skipped ({res.skipped})"
+    vals = ", ".join(f"{k}={v:.4g}" for k, v in res.values.items())
+    conv = "converged" if res.converged else "NOT converged"
+    drop = f", dropped starts {list(res.dropped_starts)}" if res.dropped_starts else ""
+    return (f"{res.name}: loss {res.initial_loss:.4g} -> {res.final_loss:.4g} in "
+            f"{res.iterations} it, {conv} (|g|={res.grad_norm:.2e}), best start "
+            f"{res.best_start}/{res.n_starts}{drop}; {vals}")
+
+
+def stages_by_name(names: Sequence[str]) -> tuple[Stage, ...]:
+    table = {s.name: s for s in SEED_STAGES}
+    out = []
+    for n in names:
+        if n not in table:
+            raise CalibrationError(f"unknown stage {n!r}; known: {sorted(table)}")
+        out.append(table[n])
+    return tuple(out)

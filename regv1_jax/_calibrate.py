@@ -206,7 +206,27 @@ def _prior_residuals(space: ParamSpace, p: Params, mask: Params):
     return jnp.stack(out)
 
 
-def _residuals(u, base, mask, var_w, ev_w, forcing, targets, space, cfg, adjoint):
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """The part of a config that shapes the compiled optimiser (static); stages, holdout and
+    the prior weight are data, so changing them does not recompile."""
+
+    method: str
+    rtol: float
+    atol: float
+    steps_per_year: int
+    adam_steps: int
+    adam_lr: float
+    lbfgs_steps: int
+    events: EventConstraints
+
+    @classmethod
+    def of(cls, cfg: CalibrationConfig) -> _Settings:
+        return cls(cfg.method, cfg.rtol, cfg.atol, cfg.steps_per_year, cfg.adam_steps,
+                   cfg.adam_lr, cfg.lbfgs_steps, cfg.events)
+
+
+def _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg, adjoint):
     """Stacked residuals: data (weighted by stage), event constraints, prior (free only).
 
     0.5 * |r|^2 is the stage's negative log posterior up to a constant.
@@ -218,7 +238,7 @@ def _residuals(u, base, mask, var_w, ev_w, forcing, targets, space, cfg, adjoint
     n = forcing.n_years
     r_data = r_data * jnp.repeat(jnp.sqrt(var_w), n)
     r_ev = jnp.sqrt(ev_w) * event_residuals(p, cfg.events)
-    r_prior = jnp.sqrt(cfg.prior_weight) * _prior_residuals(space, p, mask)
+    r_prior = jnp.sqrt(prior_w) * _prior_residuals(space, p, mask)
     return jnp.concatenate([r_data, r_ev, r_prior])
 
 
@@ -235,7 +255,8 @@ def residual_fn(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
 
     def fn(v):
         u = u_base.at[idx].set(v)
-        return _residuals(u, base, mask, var_w, ev_w, forcing, targets, space, cfg, adjoint)
+        return _residuals(u, base, mask, var_w, ev_w, jnp.asarray(cfg.prior_weight, u.dtype),
+                          forcing, targets, space, cfg, adjoint)
 
     return fn, free
 
@@ -282,13 +303,14 @@ def _optimise(loss, u0, mask_vec, cfg: CalibrationConfig):
 
 
 @eqx.filter_jit
-def _multistart(u0s, base, mask, var_w, ev_w, forcing, targets, space, cfg):
+def _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg):
     """Every start at once (``vmap``).  All stages share this one trace: which parameters
     are free and which variables count are data (masks and weights), not structure."""
     mask_vec = _stack(space, mask)
 
     def loss(u):
-        r = _residuals(u, base, mask, var_w, ev_w, forcing, targets, space, cfg, "checkpoint")
+        r = _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg,
+                       "checkpoint")
         return 0.5 * jnp.sum(r**2)
 
     return jax.vmap(lambda u0: _optimise(loss, u0, mask_vec, cfg))(u0s)
@@ -326,7 +348,9 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     u0s = jnp.concatenate([u_warm[None], jnp.where(mask_vec, draws, u_warm)], axis=0)
     u0s = u0s[: max(cfg.n_starts, 1)]
     var_w, ev_w = _weights(stage, dtype)
-    u, traces, grads = _multistart(u0s, base, mask, var_w, ev_w, forcing, targets, space, cfg)
+    prior_w = jnp.asarray(cfg.prior_weight, dtype)
+    u, traces, grads = _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets,
+                                   space, _Settings.of(cfg))
     traces, grads, u = np.asarray(traces), np.asarray(grads), np.asarray(u)
     final = traces[:, -1]
     finite = np.isfinite(final) & np.all(np.isfinite(u), axis=1)

@@ -120,5 +120,70 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
         click.echo(f"  figure: {plot}")
 
 
+@main.command()
+@click.option("--site", required=True, help="Site (data/sites.json), or a location in --data.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV in the seed's schema (default: the site's bundled file).")
+@click.option("--region", default=None, help="Prior region (default: the site's).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="JSON calibration config (stages, starts, iterations).")
+@click.option("--start", type=int, default=None, help="First year (default: first data year).")
+@click.option("--end", type=int, default=None,
+              help="Last year (default: last data year or the holdout's end).")
+@click.option("--starts", "n_starts", type=int, default=None, help="Starts per stage.")
+@click.option("--method", type=click.Choice(["tsit5", "rk4"]), default=None,
+              help="Solver inside the fit (default tsit5: diffrax adjoint gradients).")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
+              show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed of the prior starts.")
+def calibrate(site, data, region, out, config_file, start, end, n_starts, method, dtype, seed):
+    """Staged calibration of a site; writes params.json, fit.csv, metrics.json, figures and
+    report.md / report.html into OUT."""
+    import dataclasses
+    import time
+
+    _setup_jax(dtype)
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir",
+                      str(Path.home() / ".cache" / "regv1_jax" / "xla"))
+    from ._calibrate import CalibrationConfig, CalibrationError, load_config
+    from ._fit import calibrate_site
+    from ._params import load_param_space
+    from ._report import write_outputs
+    from ._sites import get_site, site_forcing
+
+    t0 = time.time()
+    try:
+        s = get_site(site, data=data, region=region)
+        if s.observations is None:
+            raise DataError(f"site {site!r} has no bundled data: pass --data FILE.csv")
+        cfg = load_config(config_file) if config_file else CalibrationConfig()
+        kw = {k: v for k, v in (("n_starts", n_starts), ("method", method), ("seed", seed))
+              if v is not None}
+        cfg = dataclasses.replace(cfg, **kw)
+        space = load_param_space(s.region)
+        prior = space.prior_values(_setup_jax(dtype))
+        obs = s.observations
+        y0 = int(obs.years[0]) if start is None else start
+        y1 = end if end is not None else max(int(obs.years[-1]),
+                                             cfg.holdout[1] if cfg.holdout else 0)
+        forcing = site_forcing(s, y0, y1)
+        click.echo(f"calibrating {s.name} ({s.region}) on {s.data_file}, {y0}-{y1}, "
+                   f"{cfg.method}/{dtype}, {cfg.n_starts} starts per stage")
+        click.echo("  (the first stage includes compilation; later stages reuse it)")
+        cal = calibrate_site(space, prior, forcing, obs, cfg, planting_start=s.planting_start,
+                             progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
+    except (DataError, ParameterError, CalibrationError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    files = write_outputs(cal, out)
+    click.echo(f"[{time.time() - t0:6.1f}s] wrote {files['md']}, {files['html']}, "
+               f"{files['params']}, {files['fit']}, {files['metrics']}")
+    for k, v in cal.criteria.items():
+        res = v.get("pass")
+        click.echo(f"  {k}: {'n/a' if res is None else ('pass' if res else 'FAIL')}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._data import DataError, Observations, load_site, load_sites_registry
 from ._forcing import Forcing, grain_for_green, make_forcing
-from ._paths import data_path
+from ._paths import data_dir, data_path
 
 __all__ = ["Site", "get_site", "site_forcing"]
 
@@ -29,6 +29,16 @@ class Site:
     observations: Observations | None
 
 
+def _registry() -> dict:
+    """The bundled sites and the synthetic twins (``data/synthetic/sites_synthetic.json``)."""
+    out = {}
+    for path in (data_path("sites.json"), data_dir() / "synthetic" / "sites_synthetic.json"):
+        if path.exists():
+            for name, entry in load_sites_registry(path).items():
+                out[name] = {**entry, "_folder": path.parent}
+    return out
+
+
 def get_site(name: str, data: str | Path | None = None, region: str | None = None) -> Site:
     """Settings and observations of site ``name``.
 
@@ -41,7 +51,7 @@ def get_site(name: str, data: str | Path | None = None, region: str | None = Non
     Raises:
         DataError naming the known sites (or the file's locations) when ``name`` is unknown.
     """
-    registry = load_sites_registry()
+    registry = _registry()
     entry = registry.get(name)
     if entry is None and data is None:
         raise DataError(f"unknown site {name!r}; known sites: {sorted(registry)} "
@@ -52,7 +62,7 @@ def get_site(name: str, data: str | Path | None = None, region: str | None = Non
         if region is None:
             raise DataError(f"site {name!r} is not in the registry: give its region")
     path = Path(data) if data is not None else (
-        data_path(entry["data_file"]) if entry.get("data_file") else None)
+        entry["_folder"] / entry["data_file"] if entry.get("data_file") else None)
     obs = load_site(path, name) if path is not None else None
     MAP = entry.get("MAP_mm")
     if MAP is None:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from ._data import Observations
+from ._data import OBSERVED, Observations
 from ._forcing import Forcing
 from ._params import Params
 from ._solve import Simulation
@@ -26,8 +26,8 @@ __all__ = ["TARGET_VARIABLES", "DEFAULT_SPREADS", "Targets", "make_targets", "si
            "data_residuals", "EventConstraints", "SEED_EVENTS", "event_residuals",
            "event_ratios"]
 
-TARGET_VARIABLES = ("veg_cover_%", "SOM_%", "SOM_0-10_%", "SOM_10-20_%", "SOM_20-40_%",
-                    "runoff_mm", "erosion_t/ha", "theta_m3/m3")
+# Every observed column except the rainfall forcing.
+TARGET_VARIABLES = tuple(c for c in OBSERVED if c != "rainfall_mm")
 
 # Measurement spread per variable: (absolute floor, fraction of the mean observed value).
 # sigma = max(floor, fraction * mean |obs|).  Units are the CSV column's.

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._data import DEPTHS
+from ._data import DEPTHS, OBSERVED
 from ._forcing import Forcing, grain_for_green, make_forcing
 from ._params import PARAM_NAMES, ParameterError, Params, load_param_space
 from ._solve import STATUS_MESSAGES, simulate
@@ -90,16 +90,7 @@ _NOISE_KIND = {
     "theta_m3/m3": "additive normal N(0, sd) in m^3/m^3, then clipped to [0, 1]",
 }
 # Columns of the (n_years, 8) block of standard normals, in draw order.
-NOISE_COLUMNS = (
-    "veg_cover_%",
-    "SOM_%",
-    "SOM_0-10_%",
-    "SOM_10-20_%",
-    "SOM_20-40_%",
-    "runoff_mm",
-    "erosion_t/ha",
-    "theta_m3/m3",
-)
+NOISE_COLUMNS = tuple(c for c in OBSERVED if c != "rainfall_mm")
 # Solver settings of every twin: float64, tight tolerances.
 SOLVER = {"method": "tsit5", "rtol": 1e-10, "atol": 1e-12, "max_steps": 65_536,
           "dtype": "float64"}

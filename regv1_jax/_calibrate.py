@@ -160,6 +160,7 @@ class StageResult:
     final_loss: float = float("nan")
     initial_loss: float = float("nan")
     grad_norm: float = float("nan")
+    loss_change: float = float("nan")  # max - min of the loss over the last 10 iterations
     converged: bool = False
     best_start: int = -1
     n_starts: int = 0
@@ -363,7 +364,8 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     loss_best = float(final[best])
     gnorm = float(np.linalg.norm(grads[best]))
     tail = traces[best, -11:]
-    dloss = float(np.max(tail) - np.min(tail))
+    tail = tail[np.isfinite(tail)]
+    dloss = float(np.max(tail) - np.min(tail)) if tail.size > 1 else float("inf")
     scale = 1.0 + abs(loss_best)
     converged = bool(gnorm <= cfg.gtol * scale and dloss <= cfg.ftol * scale)
     values = {n: float(getattr(p_best, n)) for n in stage.free}
@@ -371,7 +373,8 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
         stage.name, stage.free, values, start_values, n_obs,
         iterations=cfg.adam_steps + cfg.lbfgs_steps,
         final_loss=loss_best, initial_loss=float(traces[best, 0]), grad_norm=gnorm,
-        converged=converged, best_start=best, n_starts=len(final), dropped_starts=dropped,
+        loss_change=dloss, converged=converged, best_start=best, n_starts=len(final),
+        dropped_starts=dropped,
         start_losses=tuple(float(x) for x in final),
     )
 
@@ -400,7 +403,7 @@ def describe(res: StageResult) -> str:
     if res.skipped:
         return f"{res.name}: skipped ({res.skipped})"
     vals = ", ".join(f"{k}={v:.4g}" for k, v in res.values.items())
-    conv = "converged" if res.converged else "NOT converged"
+    conv = "converged" if res.converged else f"NOT converged (loss moved {res.loss_change:.2e})"
     drop = f", dropped starts {list(res.dropped_starts)}" if res.dropped_starts else ""
     return (f"{res.name}: loss {res.initial_loss:.4g} -> {res.final_loss:.4g} in "
             f"{res.iterations} it, {conv} (|g|={res.grad_norm:.2e}), best start "

@@ -19,5 +19,6 @@ from ._params import load_param_space as load_param_space
 from ._solve import STATUS_MESSAGES as STATUS_MESSAGES
 from ._solve import Simulation as Simulation
 from ._solve import simulate as simulate
+from ._solve import simulate_ensemble as simulate_ensemble
 
 __version__ = "0.1.0"

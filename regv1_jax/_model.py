@@ -135,20 +135,22 @@ def rates(y, p: Params, d: Drivers, layout: Layout, xp=jnp):
     ds = [ky * ((som if k == 0 else s[k - 1]) - s[k]) for k in range(n)]
 
     # Root-zone bucket.
+    # Powers are written exp(c log x): XLA:CPU lowers ``pow`` to a slow scalar path, and one
+    # log of theta / theta_fc_eff serves both g(theta) (capped at 1) and the drainage.
     fc = p.theta_fc + p.eta1 * s[n - 1] / p.Z_r
-    rel = th / fc
-    g = xp.clip(rel, TINY, 1.0) ** p.gamma
+    log_rel = xp.log(xp.maximum(th / fc, TINY))
+    g = xp.exp(p.gamma * xp.minimum(log_rel, 0.0))  # clip(rel, tiny, 1) ** gamma
     Rc = p.c_R * d.runoff_intensity * g * (1.0 - p.b_V * V) * (1.0 - p.b_eng * d.psi_eng)
     ET = p.ET_p * (p.e_s + (1.0 - p.e_s) * V) * xp.clip(
         (th - p.theta_wp) / (fc - p.theta_wp), 0.0, 1.0
     )
-    L = p.k_L * xp.maximum(rel, TINY) ** p.c_L
+    L = p.k_L * xp.exp(p.c_L * log_rel)  # max(rel, tiny) ** c_L
     Q = d.P * Rc
     dth = (d.P - Q - ET - L) / p.Z_r
 
-    # Sediment and soil carbon.
-    E = (p.k_E * xp.maximum(Q, TINY) ** p.m_E * xp.exp(-p.c_E * V * d.erosion_intensity)
-         * (1.0 - d.psi_eng))
+    # Sediment (Q^m_E and the cover exponential in one exp) and soil carbon.
+    E = p.k_E * xp.exp(p.m_E * xp.log(xp.maximum(Q, TINY)) - p.c_E * V * d.erosion_intensity) \
+        * (1.0 - d.psi_eng)
     inp = p.a1 * x[n - 1] / (p.f_0 + p.f_1 + p.f_2)
     M0 = 1000.0 * p.rho_b * LAYER_DEPTHS_M[0]
     dC0 = inp * p.f_0 - p.a2 * C0 - p.e_C * (T_HA_TO_KG_M2 * E) * C0 / M0

@@ -19,6 +19,7 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._forcing import Forcing
@@ -35,7 +36,8 @@ from ._model import (
 )
 from ._params import Params
 
-__all__ = ["simulate", "solve_grid", "Simulation", "STATUS_MESSAGES", "METHODS"]
+__all__ = ["simulate", "simulate_ensemble", "solve_grid", "Simulation", "STATUS_MESSAGES",
+           "METHODS"]
 
 METHODS = ("tsit5", "dopri8", "kvaerno5", "rk4")
 ADJOINTS = ("checkpoint", "backsolve", "forward")
@@ -157,7 +159,9 @@ def _rk4_step(y, p, d, layout, h):
     return y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
-def _solve_rk4(params, forcing, layout, steps_per_year):
+def _solve_rk4(params, forcing, layout, steps_per_year, unroll=1):
+    """Fixed-step RK4; with batched parameter leaves ``(B,)`` the state is ``(D, B)`` (the
+    right-hand side broadcasts over the batch on the last axis, no ``vmap`` needed)."""
     if steps_per_year < 2 or steps_per_year % 2:
         raise ValueError(f"steps_per_year must be an even int >= 2, got {steps_per_year}")
     h = 1.0 / steps_per_year
@@ -168,7 +172,7 @@ def _solve_rk4(params, forcing, layout, steps_per_year):
         def step(y, _):
             return _rk4_step(y, params, d, layout, h), None
 
-        y, _ = jax.lax.scan(step, y, None, length=half)
+        y, _ = jax.lax.scan(step, y, None, length=half, unroll=unroll)
         return y
 
     def year(y, f):
@@ -180,7 +184,7 @@ def _solve_rk4(params, forcing, layout, steps_per_year):
     per_year = (forcing.rainfall, forcing.intensity, forcing.psi_plant, forcing.psi_eng)
     _, (mids, ends) = jax.lax.scan(year, y0, per_year)
     # Grid 0, 0.5, 1, ..., n  (years since start), states along axis 0.
-    pairs = jnp.stack([mids, ends], axis=1).reshape((2 * forcing.n_years, layout.size))
+    pairs = jnp.stack([mids, ends], axis=1).reshape((2 * forcing.n_years,) + y0.shape)
     ys = jnp.concatenate([y0[None], pairs], axis=0)
     return ys, jnp.asarray(OK, dtype=jnp.int32)
 
@@ -286,6 +290,48 @@ def simulate(
         max_steps=max_steps, steps_per_year=steps_per_year, n_lag=n_lag,
     )
     return observe(ys, status, params, forcing.astype(params.dtype), Layout(n_lag))
+
+
+@eqx.filter_jit
+def simulate_ensemble(
+    params: Params,
+    forcing: Forcing,
+    *,
+    steps_per_year: int = 12,
+    n_lag: int = N_LAG_DEFAULT,
+    unroll: int | bool = True,
+    chunk: int | None = 1024,
+) -> Simulation:
+    """Forward RK4 solves of a batch of parameter sets (every leaf of shape ``(B,)``).
+
+    The same numbers as ``jax.vmap(lambda q: simulate(q, forcing, method="rk4"))(params)``,
+    computed with one flat batched state ``(D, B)`` (the batch on the last, contiguous axis)
+    and the inner steps unrolled: the fast path for large forward ensembles (Sobol,
+    prior predictive).  Not meant for ``grad`` (use ``simulate`` for that).
+
+    ``chunk`` members are solved at a time (``lax.map``) so that their state stays in cache.
+    Returns a :class:`Simulation` with a leading batch axis and a per-member status.
+    """
+    layout = Layout(n_lag)
+    forcing = forcing.astype(params.dtype)
+    B = int(np.shape(params.r_V)[0])
+    if chunk and B > chunk:
+        # lax.map over chunks keeps one chunk's state and RK stages in cache between the
+        # loop kernels of a right-hand side; pad the batch to a whole number of chunks.
+        n_chunks = -(-B // chunk)
+        pad = n_chunks * chunk - B
+        padded = jax.tree_util.tree_map(
+            lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,))]), params)
+        chunks = jax.tree_util.tree_map(lambda x: x.reshape(n_chunks, chunk), padded)
+        ys = jax.lax.map(lambda q: _solve_rk4(q, forcing, layout, steps_per_year,
+                                              unroll=unroll)[0], chunks)  # (C, G, D, chunk)
+        ys = jnp.moveaxis(ys, 0, -2).reshape(ys.shape[1:3] + (n_chunks * chunk,))[..., :B]
+    else:
+        ys, _ = _solve_rk4(params, forcing, layout, steps_per_year, unroll=unroll)  # (G, D, B)
+    finite = jnp.all(jnp.isfinite(ys), axis=(0, 1))
+    status = jnp.where(finite, OK, NONFINITE).astype(jnp.int32)
+    return jax.vmap(lambda y, s, q: observe(y, s, q, forcing, layout), in_axes=(2, 0, 0))(
+        ys, status, params)
 
 
 # Depths (cm) of the SOC layers, for labels.

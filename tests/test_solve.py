@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import loess, tree_allclose, yanhe_forcing
 
 import regv1_jax as r
-from helpers import loess, tree_allclose, yanhe_forcing
 from regv1_jax._solve import MAX_STEPS, NONFINITE, OK
 
 OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
@@ -175,3 +175,17 @@ def test_kvaerno5_and_dopri8_agree_with_tsit5():
         for k in OUTPUTS:
             np.testing.assert_allclose(getattr(s, k), getattr(ref, k), rtol=1e-5, atol=1e-7,
                                        err_msg=f"{method} {k}")
+
+
+def test_ensemble_path_equals_vmap_of_rk4_with_chunks_and_a_bad_member():
+    space, _ = loess()
+    f = yanhe_forcing()
+    draws = space.sample_prior(jax.random.PRNGKey(5), 37, dtype=jnp.float64)
+    draws = eqx.tree_at(lambda q: q.theta0, draws, draws.theta0.at[11].set(jnp.nan))
+    ref = jax.vmap(lambda q: r.simulate(q, f, method="rk4"))(draws)
+    for chunk in (None, 8):  # 37 = 4 chunks of 8 + 5, padded
+        ens = r.simulate_ensemble(draws, f, chunk=chunk)
+        assert list(np.flatnonzero(np.asarray(ens.status) != OK)) == [11]
+        for k in OUTPUTS:
+            np.testing.assert_allclose(getattr(ens, k), getattr(ref, k), rtol=1e-12,
+                                       atol=1e-12, err_msg=f"{chunk} {k}")

@@ -97,9 +97,11 @@ class CalibrationConfig:
 
     stages: tuple[Stage, ...] = SEED_STAGES
     n_starts: int = 8
-    adam_steps: int = 150
+    optimizer: str = "lm"     # second phase: "lm" (Levenberg-Marquardt) or "lbfgs" (Optax)
+    adam_steps: int = 10      # Optax Adam warm-up from every start
     adam_lr: float = 0.1
-    lbfgs_steps: int = 60
+    lm_steps: int = 20        # Levenberg-Marquardt iterations (forward-mode Jacobian)
+    lbfgs_steps: int = 60     # Optax L-BFGS iterations (when optimizer == "lbfgs")
     gtol: float = 1e-3   # converged: |grad| <= gtol (1 + |loss|) and the loss moved by
     ftol: float = 1e-6   # at most ftol (1 + |loss|) over the last 10 iterations
     method: str = "tsit5"
@@ -116,7 +118,7 @@ def load_config(path: str | Path, base: CalibrationConfig | None = None) -> Cali
     """Read a calibration config from JSON.
 
     ``{"stages": [{"name": "...", "free": [...], "variables": [...], "events": false}],
-    "n_starts": 8, "adam_steps": 150, "lbfgs_steps": 60, "method": "tsit5",
+    "n_starts": 8, "optimizer": "lm", "adam_steps": 10, "lm_steps": 20, "method": "tsit5",
     "holdout": [2011, 2015], "seed": 0}``; absent keys keep their defaults.
     """
     base = base or CalibrationConfig()
@@ -216,15 +218,19 @@ class _Settings:
     rtol: float
     atol: float
     steps_per_year: int
+    optimizer: str
     adam_steps: int
     adam_lr: float
-    lbfgs_steps: int
+    second_steps: int
     events: EventConstraints
 
     @classmethod
     def of(cls, cfg: CalibrationConfig) -> _Settings:
-        return cls(cfg.method, cfg.rtol, cfg.atol, cfg.steps_per_year, cfg.adam_steps,
-                   cfg.adam_lr, cfg.lbfgs_steps, cfg.events)
+        if cfg.optimizer not in ("lm", "lbfgs"):
+            raise CalibrationError(f"unknown optimizer {cfg.optimizer!r}; use 'lm' or 'lbfgs'")
+        return cls(cfg.method, cfg.rtol, cfg.atol, cfg.steps_per_year, cfg.optimizer,
+                   cfg.adam_steps, cfg.adam_lr,
+                   cfg.lm_steps if cfg.optimizer == "lm" else cfg.lbfgs_steps, cfg.events)
 
 
 def _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg, adjoint):
@@ -297,10 +303,77 @@ def _optimise(loss, u0, mask_vec, cfg: CalibrationConfig):
                            u, val, g, a_state, l_state)
         return out, val
 
-    n = cfg.adam_steps + cfg.lbfgs_steps
+    n = cfg.adam_steps + cfg.second_steps
     (u, _, _), trace = jax.lax.scan(step, (u0, adam.init(u0), lbfgs.init(u0)), jnp.arange(n))
     val, g = vg(u)
     return u, jnp.concatenate([trace, val[None]]), g
+
+
+MAX_FREE = 12  # columns of the LM Jacobian (the joint stage has 12); more free: use L-BFGS
+
+
+def _adam(loss, u0, mask_vec, cfg):
+    adam = optax.adam(cfg.adam_lr)
+
+    def step(carry, _):
+        u, state = carry
+        val, g = jax.value_and_grad(loss)(u)
+        g = jnp.where(mask_vec & jnp.isfinite(g), g, 0.0)
+        upd, state = adam.update(g, state, u)
+        new_u = optax.apply_updates(u, upd)
+        ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(new_u))
+        return (jnp.where(ok, new_u, u), state), val
+
+    (u, _), trace = jax.lax.scan(step, (u0, adam.init(u0)), None, length=cfg.adam_steps)
+    return u, trace
+
+
+def _levenberg_marquardt(res, u0, S, cfg):
+    """Levenberg-Marquardt with Marquardt scaling on ``u = u0 + S v`` (S: the free columns).
+
+    A fixed number of iterations in ``lax.scan``; each evaluates the residuals and their
+    forward-mode Jacobian (``jax.jacfwd``, K tangent solves in one pass) at the trial point
+    and accepts it only if the cost falls (else the damping grows).  Returns the final u,
+    the cost trace and the gradient J^T r in u's coordinates.
+    """
+    K = S.shape[1]
+
+    def jr(v):
+        def f(w):
+            r = res(u0 + S @ w)
+            return r, r
+
+        J, r = jax.jacfwd(f, has_aux=True)(v)
+        return J, r
+
+    def cost_of(r):
+        c = 0.5 * jnp.sum(r**2)
+        return jnp.where(jnp.isfinite(c), c, jnp.inf)
+
+    v0 = jnp.zeros((K,), u0.dtype)
+    J0, r0 = jr(v0)
+    A0 = J0.T @ J0
+    lam0 = 1e-3 * jnp.max(jnp.diag(A0))
+
+    def step(carry, _):
+        v, J, r, cost, lam = carry
+        g = J.T @ r
+        A = J.T @ J
+        d = jnp.diag(A)
+        d = jnp.where(d > 0, d, 1.0)
+        delta = jnp.linalg.solve(A + lam * jnp.diag(d), -g)
+        v_new = v + delta
+        J_new, r_new = jr(v_new)
+        c_new = cost_of(r_new)
+        ok = (c_new < cost) & jnp.all(jnp.isfinite(delta))
+        v, J, r, cost = (jnp.where(ok, v_new, v), jnp.where(ok, J_new, J),
+                         jnp.where(ok, r_new, r), jnp.where(ok, c_new, cost))
+        lam = jnp.where(ok, jnp.maximum(lam / 3.0, 1e-12), jnp.minimum(lam * 4.0, 1e12))
+        return (v, J, r, cost, lam), cost
+
+    carry = (v0, J0, r0, cost_of(r0), jnp.where(jnp.isfinite(lam0) & (lam0 > 0), lam0, 1.0))
+    (v, J, r, cost, _), trace = jax.lax.scan(step, carry, None, length=cfg.second_steps)
+    return u0 + S @ v, trace, S @ (J.T @ r)
 
 
 @eqx.filter_jit
@@ -314,7 +387,26 @@ def _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets, space, 
                        "checkpoint")
         return 0.5 * jnp.sum(r**2)
 
-    return jax.vmap(lambda u0: _optimise(loss, u0, mask_vec, cfg))(u0s)
+    if cfg.optimizer == "lbfgs":
+        return jax.vmap(lambda u0: _optimise(loss, u0, mask_vec, cfg))(u0s)
+
+    # Selection matrix of the free coordinates, padded to MAX_FREE columns (data, not
+    # structure: one trace for every stage).
+    idx = jnp.cumsum(mask_vec) - 1
+    S = jnp.where(mask_vec[:, None] & (idx[:, None] == jnp.arange(MAX_FREE)[None, :]), 1.0,
+                  0.0).astype(u0s.dtype)
+    fwd = "checkpoint" if cfg.method == "rk4" else "forward"
+
+    def res(u):
+        return _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg,
+                          fwd)
+
+    def one(u0):
+        u, t_adam = _adam(loss, u0, mask_vec, cfg)
+        u, t_lm, g = _levenberg_marquardt(res, u, S, cfg)
+        return u, jnp.concatenate([t_adam, t_lm]), g
+
+    return jax.vmap(one)(u0s)
 
 
 def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
@@ -340,6 +432,9 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
         raise CalibrationError(
             f"stage {stage.name!r}: {n_constraints} observations for {len(stage.free)} free "
             f"parameters ({', '.join(stage.free)}); need at least as many")
+    if cfg.optimizer == "lm" and len(stage.free) > MAX_FREE:
+        raise CalibrationError(f"stage {stage.name!r}: {len(stage.free)} free parameters; "
+                               f"optimizer 'lm' takes at most {MAX_FREE} (use 'lbfgs')")
     dtype = base.dtype
     mask = _mask_tree(space, stage.free)
     mask_vec = np.asarray(_stack(space, mask))
@@ -371,7 +466,8 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     values = {n: float(getattr(p_best, n)) for n in stage.free}
     return p_best, StageResult(
         stage.name, stage.free, values, start_values, n_obs,
-        iterations=cfg.adam_steps + cfg.lbfgs_steps,
+        iterations=cfg.adam_steps + (cfg.lm_steps if cfg.optimizer == "lm"
+                                     else cfg.lbfgs_steps),
         final_loss=loss_best, initial_loss=float(traces[best, 0]), grad_norm=gnorm,
         loss_change=dloss, converged=converged, best_start=best, n_starts=len(final),
         dropped_starts=dropped,

@@ -98,9 +98,9 @@ class CalibrationConfig:
     stages: tuple[Stage, ...] = SEED_STAGES
     n_starts: int = 8
     optimizer: str = "lm"     # second phase: "lm" (Levenberg-Marquardt) or "lbfgs" (Optax)
-    adam_steps: int = 10      # Optax Adam warm-up from every start
+    adam_steps: int = 0       # optional Optax Adam warm-up from every start (0: LM only)
     adam_lr: float = 0.1
-    lm_steps: int = 20        # Levenberg-Marquardt iterations (forward-mode Jacobian)
+    lm_steps: int = 40        # most Levenberg-Marquardt iterations (forward-mode Jacobian)
     lbfgs_steps: int = 60     # Optax L-BFGS iterations (when optimizer == "lbfgs")
     gtol: float = 1e-3   # converged: |grad| <= gtol (1 + |loss|) and the loss moved by
     ftol: float = 1e-6   # at most ftol (1 + |loss|) over the last 10 iterations
@@ -118,7 +118,7 @@ def load_config(path: str | Path, base: CalibrationConfig | None = None) -> Cali
     """Read a calibration config from JSON.
 
     ``{"stages": [{"name": "...", "free": [...], "variables": [...], "events": false}],
-    "n_starts": 8, "optimizer": "lm", "adam_steps": 10, "lm_steps": 20, "method": "tsit5",
+    "n_starts": 8, "optimizer": "lm", "adam_steps": 0, "lm_steps": 40, "method": "tsit5",
     "holdout": [2011, 2015], "seed": 0}``; absent keys keep their defaults.
     """
     base = base or CalibrationConfig()
@@ -309,6 +309,7 @@ def _optimise(loss, u0, mask_vec, cfg: CalibrationConfig):
     return u, jnp.concatenate([trace, val[None]]), g
 
 
+LM_FTOL = 1e-10  # LM stops when an accepted step gains less than this share of the cost
 MAX_FREE = 12  # columns of the LM Jacobian (the joint stage has 12); more free: use L-BFGS
 
 
@@ -331,8 +332,9 @@ def _adam(loss, u0, mask_vec, cfg):
 def _levenberg_marquardt(res, u0, S, cfg):
     """Levenberg-Marquardt with Marquardt scaling on ``u = u0 + S v`` (S: the free columns).
 
-    A fixed number of iterations in ``lax.scan``; each evaluates the residuals and their
-    forward-mode Jacobian (``jax.jacfwd``, K tangent solves in one pass) at the trial point
+    At most ``lm_steps`` iterations in a ``lax.while_loop`` that stops once a step gains
+    less than ``LM_FTOL`` of the cost (under ``vmap``: once every start has); each evaluates
+    the residuals and their forward-mode Jacobian (``jax.jacfwd``, K tangent solves in one pass) at the trial point
     and accepts it only if the cost falls (else the damping grows).  Returns the final u,
     the cost trace and the gradient J^T r in u's coordinates.
     """
@@ -355,8 +357,14 @@ def _levenberg_marquardt(res, u0, S, cfg):
     A0 = J0.T @ J0
     lam0 = 1e-3 * jnp.max(jnp.diag(A0))
 
-    def step(carry, _):
-        v, J, r, cost, lam = carry
+    n_max = cfg.second_steps
+
+    def cond(carry):
+        it, _, _, _, _, lam, done, _ = carry
+        return (it < n_max) & ~done
+
+    def body(carry):
+        it, v, J, r, cost, lam, done, trace = carry
         g = J.T @ r
         A = J.T @ J
         d = jnp.diag(A)
@@ -366,14 +374,22 @@ def _levenberg_marquardt(res, u0, S, cfg):
         J_new, r_new = jr(v_new)
         c_new = cost_of(r_new)
         ok = (c_new < cost) & jnp.all(jnp.isfinite(delta))
+        # Stop (per start) once an accepted step gains less than ftol_lm of the cost, or
+        # the damping has grown so large that no step is taken.
+        done = (ok & (cost - c_new <= LM_FTOL * cost)) | (lam >= 1e10)
         v, J, r, cost = (jnp.where(ok, v_new, v), jnp.where(ok, J_new, J),
                          jnp.where(ok, r_new, r), jnp.where(ok, c_new, cost))
         lam = jnp.where(ok, jnp.maximum(lam / 3.0, 1e-12), jnp.minimum(lam * 4.0, 1e12))
-        return (v, J, r, cost, lam), cost
+        return it + 1, v, J, r, cost, lam, done, trace.at[it].set(cost)
 
-    carry = (v0, J0, r0, cost_of(r0), jnp.where(jnp.isfinite(lam0) & (lam0 > 0), lam0, 1.0))
-    (v, J, r, cost, _), trace = jax.lax.scan(step, carry, None, length=cfg.second_steps)
-    return u0 + S @ v, trace, S @ (J.T @ r)
+    cost0 = cost_of(r0)
+    carry = (jnp.asarray(0), v0, J0, r0, cost0,
+             jnp.where(jnp.isfinite(lam0) & (lam0 > 0), lam0, 1.0), jnp.asarray(False),
+             jnp.full((n_max,), cost0))
+    it, v, J, r, cost, _, _, trace = jax.lax.while_loop(cond, body, carry)
+    # Iterations not run (converged early) repeat the final cost.
+    trace = jnp.where(jnp.arange(n_max) >= it, cost, trace)
+    return u0 + S @ v, trace, S @ (J.T @ r), it
 
 
 @eqx.filter_jit
@@ -388,7 +404,8 @@ def _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets, space, 
         return 0.5 * jnp.sum(r**2)
 
     if cfg.optimizer == "lbfgs":
-        return jax.vmap(lambda u0: _optimise(loss, u0, mask_vec, cfg))(u0s)
+        n_it = jnp.asarray(cfg.adam_steps + cfg.second_steps)
+        return jax.vmap(lambda u0: (*_optimise(loss, u0, mask_vec, cfg), n_it))(u0s)
 
     # Selection matrix of the free coordinates, padded to MAX_FREE columns (data, not
     # structure: one trace for every stage).
@@ -403,8 +420,8 @@ def _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets, space, 
 
     def one(u0):
         u, t_adam = _adam(loss, u0, mask_vec, cfg)
-        u, t_lm, g = _levenberg_marquardt(res, u, S, cfg)
-        return u, jnp.concatenate([t_adam, t_lm]), g
+        u, t_lm, g, it = _levenberg_marquardt(res, u, S, cfg)
+        return u, jnp.concatenate([t_adam, t_lm]), g, cfg.adam_steps + it
 
     return jax.vmap(one)(u0s)
 
@@ -445,8 +462,8 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     u0s = u0s[: max(cfg.n_starts, 1)]
     var_w, ev_w = _weights(stage, dtype)
     prior_w = jnp.asarray(cfg.prior_weight, dtype)
-    u, traces, grads = _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets,
-                                   space, _Settings.of(cfg))
+    u, traces, grads, n_iter = _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing,
+                                           targets, space, _Settings.of(cfg))
     traces, grads, u = np.asarray(traces), np.asarray(grads), np.asarray(u)
     final = traces[:, -1]
     finite = np.isfinite(final) & np.all(np.isfinite(u), axis=1)
@@ -466,8 +483,7 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     values = {n: float(getattr(p_best, n)) for n in stage.free}
     return p_best, StageResult(
         stage.name, stage.free, values, start_values, n_obs,
-        iterations=cfg.adam_steps + (cfg.lm_steps if cfg.optimizer == "lm"
-                                     else cfg.lbfgs_steps),
+        iterations=int(np.asarray(n_iter)[best]),
         final_loss=loss_best, initial_loss=float(traces[best, 0]), grad_norm=gnorm,
         loss_change=dloss, converged=converged, best_start=best, n_starts=len(final),
         dropped_starts=dropped,

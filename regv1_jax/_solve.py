@@ -300,7 +300,7 @@ def simulate_ensemble(
     steps_per_year: int = 12,
     n_lag: int = N_LAG_DEFAULT,
     unroll: int | bool = True,
-    chunk: int | None = 1024,
+    chunk: int | None = None,
 ) -> Simulation:
     """Forward RK4 solves of a batch of parameter sets (every leaf of shape ``(B,)``).
 
@@ -309,7 +309,8 @@ def simulate_ensemble(
     and the inner steps unrolled: the fast path for large forward ensembles (Sobol,
     prior predictive).  Not meant for ``grad`` (use ``simulate`` for that).
 
-    ``chunk`` members are solved at a time (``lax.map``) so that their state stays in cache.
+    ``chunk``: solve that many members at a time (``lax.map``) so that their state stays in
+    cache; pays off with one device per core (on one device XLA threads whole-batch loops).
     Returns a :class:`Simulation` with a leading batch axis and a per-member status.
     """
     layout = Layout(n_lag)

@@ -39,7 +39,7 @@ INTENSITY = 1.0 + 0.5 * np.cos(np.arange(START, END + 1) * 2.3)
 # not belong to these true parameters), no holdout, fixed-step solves.
 NO_EVENTS = tuple(dataclasses.replace(s, events=False) for s in SEED_STAGES)
 CFG = CalibrationConfig(stages=NO_EVENTS, n_starts=4, prior_weight=0.0, holdout=None,
-                        method="rk4", adam_steps=10, lm_steps=30)
+                        method="rk4")
 
 # Stated recovery tolerances (relative error) per parameter.
 TOL_EXACT = 0.02
@@ -86,7 +86,7 @@ def test_noise_free_twin_is_recovered_nearly_exactly(exact):
 def test_each_stage_reports_its_work(exact):
     _, _, _, stages = exact
     for s in stages:
-        assert s.iterations == CFG.adam_steps + CFG.lm_steps
+        assert 1 <= s.iterations <= CFG.adam_steps + CFG.lm_steps
         assert np.isfinite(s.final_loss) and s.final_loss <= s.initial_loss + 1e-12
         assert 0 <= s.best_start < CFG.n_starts and len(s.start_losses) == CFG.n_starts
         assert s.final_loss == pytest.approx(min(s.start_losses))

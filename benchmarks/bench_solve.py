@@ -37,11 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import loadavg, machine_info, versions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -83,50 +85,6 @@ def parse_args(argv=None):
 # --------------------------------------------------------------------------------------------
 # machine / versions
 # --------------------------------------------------------------------------------------------
-def machine_info():
-    cpu_model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        affinity = None
-    return dict(
-        host=socket.gethostname(),
-        platform=platform.platform(),
-        machine=platform.machine(),
-        python=sys.version.split()[0],
-        cpu_count=os.cpu_count(),
-        cpu_affinity=affinity,
-        cpu_model=cpu_model,
-    )
-
-
-def versions():
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("jax", "jaxlib", "diffrax", "equinox", "numpy", "scipy"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def loadavg():
-    try:
-        return list(os.getloadavg())
-    except OSError:  # pragma: no cover
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # timing helpers
 # --------------------------------------------------------------------------------------------

@@ -46,3 +46,15 @@ def loadavg():
         return list(os.getloadavg())
     except OSError:  # pragma: no cover
         return None
+
+
+def run_header() -> dict:
+    """What every benchmark JSON starts with: machine, JAX devices, XLA flags, versions, load."""
+    import time
+
+    import jax
+
+    return dict(machine=machine_info(), jax_devices=[str(d) for d in jax.devices()],
+                jax_backend=jax.default_backend(), xla_flags=os.environ.get("XLA_FLAGS", ""),
+                versions=versions(), loadavg_start=loadavg(),
+                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

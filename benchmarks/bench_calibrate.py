@@ -49,14 +49,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import socket
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import loadavg, machine_info, versions  # noqa: E402
+from _machine import loadavg, run_header  # noqa: E402
 from types import SimpleNamespace
 
 import numpy as np
@@ -748,13 +747,7 @@ def run(args, save=None):
         benchmark="staged calibration, Yanhe synthetic twin (noisy), training 1995-2010 "
                   "(2011-2015 masked), forcing 1995-2015, LoessPlateau priors",
         dtype="float64",
-        machine=machine_info(),
-        jax_devices=[str(d) for d in devices],
-        jax_backend=jax.default_backend(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-        versions=versions(),
-        loadavg_start=loadavg(),
-        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **run_header(),
         observations=targets.count(),
         config=dict(stages=[dict(name=s.name, free=list(s.free), variables=list(s.variables),
                                  events=s.events) for s in cfg.stages],

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import loadavg, machine_info, versions  # noqa: E402
+from _machine import loadavg, run_header  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -202,13 +202,7 @@ def run(args):
         n_years=forcing.n_years,
         dtype=args.dtype,
         steps_per_year=S,
-        machine=machine_info(),
-        jax_devices=[str(d) for d in devices],
-        jax_backend=jax.default_backend(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-        versions=versions(),
-        loadavg_start=loadavg(),
-        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **run_header(),
         cases=[],
     )
     print(f"# {result['machine']['cpu_model']}, {result['machine']['cpu_count']} cores, "

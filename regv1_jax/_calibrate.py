@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
@@ -200,13 +200,8 @@ def _weights(stage: Stage, dtype):
 
 
 def _prior_residuals(space: ParamSpace, p: Params, mask: Params):
-    out = []
-    for spec in space.specs:
-        x = getattr(p, spec.name)
-        s = jnp.log(x) if spec.scale == "log" else x
-        out.append(jnp.where(getattr(mask, spec.name), (s - spec.prior_mean) / spec.prior_sd,
-                             0.0))
-    return jnp.stack(out)
+    return jnp.stack([jnp.where(getattr(mask, s.name), s.standardised(getattr(p, s.name)), 0.0)
+                      for s in space.specs])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,13 +515,3 @@ def describe(res: StageResult) -> str:
     return (f"{res.name}: loss {res.initial_loss:.4g} -> {res.final_loss:.4g} in "
             f"{res.iterations} it, {conv} (|g|={res.grad_norm:.2e}), best start "
             f"{res.best_start}/{res.n_starts}{drop}; {vals}")
-
-
-def stages_by_name(names: Sequence[str]) -> tuple[Stage, ...]:
-    table = {s.name: s for s in SEED_STAGES}
-    out = []
-    for n in names:
-        if n not in table:
-            raise CalibrationError(f"unknown stage {n!r}; known: {sorted(table)}")
-        out.append(table[n])
-    return tuple(out)

@@ -210,6 +210,11 @@ class ParamSpec:
     def prior_mean(self) -> float:
         return math.log(self.value) if self.scale == "log" else self.value
 
+    def standardised(self, x):
+        """``(s(x) - s(value)) / sd`` on this parameter's scale: the prior as a residual."""
+        s = jnp.log(x) if self.scale == "log" else x
+        return (s - self.prior_mean) / self.prior_sd
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -363,10 +368,8 @@ class ParamSpace(eqx.Module):
         names = PARAM_NAMES if names is None else tuple(names)
         total = 0.0
         for name in names:
-            spec = self.spec(name)
             x = jnp.asarray(getattr(params, name))
-            s = jnp.log(x) if spec.scale == "log" else x
-            total = total - 0.5 * ((s - spec.prior_mean) / spec.prior_sd) ** 2
+            total = total - 0.5 * self.spec(name).standardised(x) ** 2
         return total
 
     def sample_prior(self, key, n: int | None = None, dtype=None) -> Params:

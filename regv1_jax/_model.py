@@ -17,7 +17,8 @@ import numpy as np
 from ._forcing import Forcing
 from ._params import Params
 
-__all__ = ["Layout", "Drivers", "drivers", "rates", "vector_field", "initial_state",
+__all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field",
+           "initial_state",
            "som_layers", "som_topsoil", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
 
 # Layer thicknesses (m) of the three SOC layers 0-10, 10-20, 20-40 cm.
@@ -111,6 +112,19 @@ def som_topsoil(C0, C1, rho_b):
 def rates(y, p: Params, d: Drivers, layout: Layout, xp=jnp):
     """dy/dt of the flat state ``y`` (state on the leading axis) for fixed drivers ``d``.
 
+    The stacked form of :func:`rate_terms` (one array, state on axis 0).
+    """
+    parts = rate_terms(y, p, d, layout, xp)
+    return xp.stack([xp.broadcast_to(q, xp.shape(parts[0])) for q in parts], axis=0)
+
+
+def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
+    """dy/dt component by component: the one definition of the model's equations.
+
+    ``y`` is anything indexable by state position: a flat array with the state on the
+    leading axis, or a tuple of per-component arrays (the fused ensemble path).  Returns a
+    tuple of ``layout.size`` arrays in state order.
+
     Units: V yr^-1, C kg C m^-2 yr^-1, theta (m^3/m^3) yr^-1, lag states per yr, cumulative
     fluxes in mm yr^-1 (runoff, ET, drainage) and t ha^-1 yr^-1 (sediment).
     """
@@ -157,8 +171,8 @@ def rates(y, p: Params, d: Drivers, layout: Layout, xp=jnp):
     dC1 = inp * p.f_1 - p.a2 * p.m_1 * C1
     dC2 = inp * p.f_2 - p.a2 * p.m_2 * C2
 
-    parts = [dV, dC0, dC1, dC2, dth, *dx, *ds, Q, E, ET, L]
-    return xp.stack([xp.broadcast_to(q, xp.shape(V)) for q in parts], axis=0)
+    parts = (dV, dC0, dC1, dC2, dth, *dx, *ds, Q, E, ET, L)
+    return tuple(xp.broadcast_to(q, xp.shape(V)) for q in parts)
 
 
 def vector_field(tau, y, args):

@@ -155,8 +155,7 @@ def regional_magnitudes(params: Params, forcing: Forcing, region: str,
                           float(np.mean(np.asarray(forcing.intensity))), 1.0,
                           float(np.mean(np.asarray(forcing.psi_eng))))
     i0 = int(np.searchsorted(years, planting_start))
-    p_long = params.replace(V0=float(sim.V[i0]), SOM0=float(sim.SOM[i0]),
-                            theta0=float(sim.theta[i0]))
+    p_long = params.replace(V0=float(sim.V[i0]), SOM0=float(sim.SOM[i0]))
     long = simulate(p_long, f_long, method=method)
     soc = np.cumsum(np.concatenate([[0.0], _annual_soc_change(long, p_long)]))
     gain = soc[-1] - soc[0]

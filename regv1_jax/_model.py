@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -18,7 +19,7 @@ from ._forcing import Forcing
 from ._params import Params
 
 __all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field",
-           "initial_state",
+           "initial_state", "year_drivers", "equilibrium_theta", "water_fluxes", "sediment",
            "som_layers", "som_topsoil", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
 
 # Layer thicknesses (m) of the three SOC layers 0-10, 10-20, 20-40 cm.
@@ -109,6 +110,61 @@ def som_topsoil(C0, C1, rho_b):
     return SOM_PER_C * (C0 + C1) / (rho_b * (LAYER_DEPTHS_M[0] + LAYER_DEPTHS_M[1]))
 
 
+# Smoothing scale (yr^-1) of the split of the threshold feedback F into F+ and F-.
+F_SMOOTH = 1e-3
+# Sharpness of the smooth cap of the runoff coefficient at 1.
+RC_CAP_POWER = 8.0
+
+
+def softplus(F, xp=jnp, scale=F_SMOOTH):
+    """Smooth ``max(F, 0)`` (``scale * log(1 + exp(F / scale))``), exact to ~1e-3 yr^-1."""
+    return scale * xp.logaddexp(0.0, F / scale)
+
+
+def relative_water(th, fc, theta_wp, xp=jnp):
+    """Relative extractable water ``clip((theta - theta_wp) / (fc - theta_wp), 0, 1)``."""
+    return xp.clip((th - theta_wp) / (fc - theta_wp), 0.0, 1.0)
+
+
+def infiltration_cover(V, k_I):
+    """Share of the full-cover infiltration gain reached at cover V: ``V (1 + k_I)/(V + k_I)``.
+
+    Concave (Rietkerk et al. 1997; HilleRisLambers et al. 2001): a little cover on crusted
+    bare soil already opens most of the infiltration gain; 0 at V = 0, 1 at V = 1.
+    """
+    return V * (1.0 + k_I) / (V + k_I)
+
+
+def water_fluxes(th, V, fc, w, p: Params, d: Drivers, xp=jnp):
+    """Runoff Q, evapotranspiration ET and deep drainage L, mm yr^-1.
+
+    Powers are written exp(c log x): XLA:CPU lowers ``pow`` to a slow scalar path, and one
+    log of theta / theta_fc_eff serves both g(theta) (capped at 1) and the drainage.
+    """
+    log_rel = xp.log(xp.maximum(th / fc, TINY))
+    g = xp.exp(p.gamma * xp.minimum(log_rel, 0.0))  # clip(rel, tiny, 1) ** gamma
+    raw = (p.c_R * d.runoff_intensity * g * (1.0 - p.b_V * infiltration_cover(V, p.k_I))
+           * (1.0 - p.b_eng * d.psi_eng))
+    # Smooth cap at 1: raw / (1 + raw^8)^(1/8) (differs from raw by < 1e-7 below 0.15).
+    log_raw = xp.log(xp.maximum(raw, TINY))
+    Rc = raw * xp.exp(-xp.logaddexp(0.0, RC_CAP_POWER * log_raw) / RC_CAP_POWER)
+    ET = p.ET_p * (p.e_s + (1.0 - p.e_s) * V) * w
+    L = p.k_L * xp.exp(p.c_L * log_rel)  # max(rel, tiny) ** c_L
+    return d.P * Rc, ET, L
+
+
+def sediment(Q, V, p: Params, d: Drivers, xp=jnp):
+    """Sediment E (t ha^-1 yr^-1): ``k_E Q^m_E exp(-c_E V (i_ref/i)^omega_E) (1 - psi_eng)``."""
+    return p.k_E * xp.exp(p.m_E * xp.log(xp.maximum(Q, TINY)) - p.c_E * V * d.erosion_intensity) \
+        * (1.0 - d.psi_eng)
+
+
+def erosion_loss_rate(E, p: Params):
+    """Fractional loss rate (yr^-1) of top-layer SOC by erosion: ``e_C (0.1 E) / M_0``."""
+    return p.e_C * (T_HA_TO_KG_M2 * E) / (1000.0 * p.rho_b * LAYER_DEPTHS_M[0])
+
+
+
 def rates(y, p: Params, d: Drivers, layout: Layout, xp=jnp):
     """dy/dt of the flat state ``y`` (state on the leading axis) for fixed drivers ``d``.
 
@@ -136,11 +192,19 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
     s = [y[5 + n + k] for k in range(n)]
 
     som = som_topsoil(C0, C1, p.rho_b)
+    fc = p.theta_fc + p.eta1 * s[n - 1] / p.Z_r
+    w = relative_water(th, fc, p.theta_wp, xp)
 
-    # Vegetation: logistic growth whose per-capita rate carries the threshold feedbacks
-    # (so that K_V stays the ceiling; see docs/model.md, "changes"), plus planting.
-    net = p.r_V + p.lambda1 * (th - p.theta_star) + p.lambda2 * (som - p.SOM_star)
-    dV = V * (1.0 - V / p.K_V) * net + p.s_plant * d.psi_plant * (p.K_V - V)
+    # Vegetation (docs/model.md, "Vegetation"): water-limited logistic growth plus the
+    # threshold feedbacks, split into a growth bonus above the thresholds and a mortality
+    # below them, plus drought mortality; stress acts at any cover, K_V included.
+    F = p.lambda1 * (th - p.theta_star) + p.lambda2 * (som - p.SOM_star)
+    F_plus = softplus(F, xp)
+    F_minus = F_plus - F
+    drought = xp.clip((p.theta_star - th) / (p.theta_star - p.theta_wp), 0.0, 1.0)
+    growth = (p.r_V * w + F_plus) * (1.0 - V / p.K_V)
+    dV = V * (growth - F_minus - p.m_D * drought) \
+        + p.s_plant * d.psi_plant * w * (p.K_V - V)
 
     # Linear-chain lags (mean delays tau_VS, tau_SH).
     kx = n / p.tau_VS
@@ -149,25 +213,13 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
     ds = [ky * ((som if k == 0 else s[k - 1]) - s[k]) for k in range(n)]
 
     # Root-zone bucket.
-    # Powers are written exp(c log x): XLA:CPU lowers ``pow`` to a slow scalar path, and one
-    # log of theta / theta_fc_eff serves both g(theta) (capped at 1) and the drainage.
-    fc = p.theta_fc + p.eta1 * s[n - 1] / p.Z_r
-    log_rel = xp.log(xp.maximum(th / fc, TINY))
-    g = xp.exp(p.gamma * xp.minimum(log_rel, 0.0))  # clip(rel, tiny, 1) ** gamma
-    Rc = p.c_R * d.runoff_intensity * g * (1.0 - p.b_V * V) * (1.0 - p.b_eng * d.psi_eng)
-    ET = p.ET_p * (p.e_s + (1.0 - p.e_s) * V) * xp.clip(
-        (th - p.theta_wp) / (fc - p.theta_wp), 0.0, 1.0
-    )
-    L = p.k_L * xp.exp(p.c_L * log_rel)  # max(rel, tiny) ** c_L
-    Q = d.P * Rc
+    Q, ET, L = water_fluxes(th, V, fc, w, p, d, xp)
     dth = (d.P - Q - ET - L) / p.Z_r
 
-    # Sediment (Q^m_E and the cover exponential in one exp) and soil carbon.
-    E = p.k_E * xp.exp(p.m_E * xp.log(xp.maximum(Q, TINY)) - p.c_E * V * d.erosion_intensity) \
-        * (1.0 - d.psi_eng)
+    # Sediment and soil carbon.
+    E = sediment(Q, V, p, d, xp)
     inp = p.a1 * x[n - 1] / (p.f_0 + p.f_1 + p.f_2)
-    M0 = 1000.0 * p.rho_b * LAYER_DEPTHS_M[0]
-    dC0 = inp * p.f_0 - p.a2 * C0 - p.e_C * (T_HA_TO_KG_M2 * E) * C0 / M0
+    dC0 = inp * p.f_0 - (p.a2 + erosion_loss_rate(E, p)) * C0
     dC1 = inp * p.f_1 - p.a2 * p.m_1 * C1
     dC2 = inp * p.f_2 - p.a2 * p.m_2 * C2
 
@@ -178,10 +230,7 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
 def vector_field(tau, y, args):
     """Diffrax-style vector field: ``args = (params, forcing, layout)``; tau in years since start."""
     p, forcing, layout = args
-    k = forcing.index(tau)
-    d = drivers(p, forcing.rainfall[k], forcing.intensity[k], forcing.psi_plant[k],
-                forcing.psi_eng[k])
-    return rates(y, p, d, layout)
+    return rates(y, p, year_drivers(p, forcing, forcing.index(tau)), layout)
 
 
 def vector_field_numpy(tau, y, p: Params, forcing: Forcing, layout: Layout):
@@ -192,20 +241,72 @@ def vector_field_numpy(tau, y, p: Params, forcing: Forcing, layout: Layout):
     return rates(np.asarray(y), p, d, layout, xp=np)
 
 
-def initial_state(p: Params, layout: Layout, xp=jnp):
-    """State at the start year from ``V0``, ``SOM0`` and ``theta0``.
+def year_drivers(p: Params, forcing: Forcing, k: int = 0) -> Drivers:
+    """The drivers of forcing year ``k`` (default the start year)."""
+    return drivers(p, forcing.rainfall[k], forcing.intensity[k], forcing.psi_plant[k],
+                   forcing.psi_eng[k])
 
-    The SOC profile takes the shape of the input/decay balance (stock of layer l
-    proportional to f_l / m_l), scaled so that the 0-20 cm mass-weighted SOM equals SOM0.
-    Lag chains start at equilibrium (x_k = V0, y_k = SOM0); running integrals at zero.
+
+def _bisect(fun, lo, hi, n_iter: int, xp):
+    """Root of a decreasing ``fun`` in ``[lo, hi]`` by ``n_iter`` bisections (elementwise)."""
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        pos = fun(mid) > 0
+        return xp.where(pos, mid, lo), xp.where(pos, hi, mid)
+
+    if xp is jnp:
+        lo, hi = jax.lax.fori_loop(0, n_iter, body, (lo, hi))
+    else:
+        for i in range(n_iter):
+            lo, hi = body(i, (lo, hi))
+    return 0.5 * (lo + hi)
+
+
+def equilibrium_theta(V, som_lag, p: Params, d: Drivers, xp=jnp):
+    """Soil moisture at which the bucket balances (P = Q + ET + L) for fixed V and lagged SOM.
+
+    The balance is decreasing in theta, positive at 0 and negative where drainage alone
+    exceeds rainfall, so bisection finds its one root; under JAX one Newton step from the
+    bisected value (held constant) carries the implicit-function gradient.
     """
-    w0, w1, w2 = p.f_0, p.f_1 / p.m_1, p.f_2 / p.m_2
+    fc = p.theta_fc + p.eta1 * som_lag / p.Z_r
+
+    def balance(th):
+        w = relative_water(th, fc, p.theta_wp, xp)
+        Q, ET, L = water_fluxes(th, V, fc, w, p, d, xp)
+        return d.P - Q - ET - L
+
+    hi = fc * xp.exp(xp.log(d.P / p.k_L + 2.0) / p.c_L)  # L(hi) = P + 2 k_L > P
+    th = _bisect(balance, xp.zeros_like(hi), hi, 64, xp)
+    if xp is jnp:
+        th = jax.lax.stop_gradient(th)
+        f, df = jax.jvp(balance, (th,), (jnp.ones_like(th),))
+        th = th - f / df
+    return th
+
+
+def initial_state(p: Params, d: Drivers, layout: Layout, xp=jnp):
+    """State at the start year from ``V0`` and ``SOM0``, the rest in balance with them.
+
+    ``d``: the start year's drivers (:func:`year_drivers`).  Soil moisture is the bucket's
+    equilibrium for V0 and SOM0 under that year's forcing; the SOC profile has the shape of
+    each layer's input/loss balance, erosion of the top layer included
+    (``C_l ∝ f_l / (a2 m_l + [l=0] erosion)``), scaled so that the 0-20 cm SOM equals SOM0;
+    lag chains start at equilibrium (x_k = V0, y_k = SOM0); running integrals at zero.
+    """
+    V0 = xp.asarray(p.V0)
+    th0 = equilibrium_theta(V0, p.SOM0, p, d, xp)
+    fc = p.theta_fc + p.eta1 * p.SOM0 / p.Z_r
+    Q0, _, _ = water_fluxes(th0, V0, fc, relative_water(th0, fc, p.theta_wp, xp), p, d, xp)
+    k_er = erosion_loss_rate(sediment(Q0, V0, p, d, xp), p)
+    w0, w1, w2 = p.f_0 / (p.a2 + k_er), p.f_1 / (p.a2 * p.m_1), p.f_2 / (p.a2 * p.m_2)
     # C_l = c * w_l with som_topsoil(c w0, c w1) = SOM0
     c = p.SOM0 / som_topsoil(w0, w1, p.rho_b)
-    zero = xp.zeros_like(xp.asarray(p.V0))
+    zero = xp.zeros_like(V0)
     n = layout.n_lag
-    parts = ([p.V0, c * w0, c * w1, c * w2, p.theta0] + [p.V0] * n + [p.SOM0] * n
-             + [zero] * 4)
-    V0 = xp.asarray(p.V0)
-    return xp.stack([xp.broadcast_to(xp.asarray(q, dtype=V0.dtype), xp.shape(V0))
-                     for q in parts], axis=0)
+    parts = ([V0, c * w0, c * w1, c * w2, th0] + [V0] * n + [p.SOM0] * n + [zero] * 4)
+    shape = xp.shape(sum(xp.asarray(q) for q in parts))
+    return xp.stack([xp.broadcast_to(xp.asarray(q, dtype=V0.dtype), shape) for q in parts],
+                    axis=0)

@@ -19,6 +19,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._data import OBSERVED, Observations
 from ._forcing import Forcing
+from ._model import infiltration_cover
 from ._params import Params
 from ._solve import Simulation
 
@@ -155,14 +156,17 @@ def event_ratios(p: Params, ev: EventConstraints):
     """Model's bare/vegetated sediment ratios and infiltration gain at the event intensities.
 
     At plot scale the soil is wet (g = 1) and engineering absent; the vegetated plot has
-    cover ``ev.plot_cover``.  Sediment ratio = exp(c_E V (i_ref/i)^omega_E) (1/(1-b_V V))^m_E.
+    cover ``ev.plot_cover``.  The sediment ratio is that of sediment per unit runoff,
+    exp(c_E V (i_ref/i)^omega_E): the same experiments report cover's effect on runoff
+    separately (the infiltration gain), so the runoff cut (1 - b_V V)^-m_E is held to that
+    constraint and not counted a second time in the sediment ratio (docs/model.md).
     """
     V = ev.plot_cover
     intensity = jnp.asarray(ev.intensity, p.dtype)
-    runoff_ratio = 1.0 / (1.0 - p.b_V * V)
-    sed = jnp.exp(p.c_E * V * (p.i_ref / intensity) ** p.omega_E) * runoff_ratio ** p.m_E
+    sed = jnp.exp(p.c_E * V * (p.i_ref / intensity) ** p.omega_E)
     Rc_bare = p.c_R * (max(ev.intensity) / p.i_ref) ** p.omega
-    infil = (1.0 - Rc_bare * (1.0 - p.b_V * V)) / (1.0 - Rc_bare) - 1.0
+    h = infiltration_cover(jnp.asarray(V, p.dtype), p.k_I)
+    infil = (1.0 - Rc_bare * (1.0 - p.b_V * h)) / (1.0 - Rc_bare) - 1.0
     return sed, infil
 
 

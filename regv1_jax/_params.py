@@ -46,8 +46,8 @@ class Params(eqx.Module):
     """Every parameter of the V-SOM-theta model (see ``docs/model.md`` for units and roles).
 
     The first nine are the seed's; the rest are the constants of the model document, each
-    with a prior in ``data/priors_extra.json``; ``V0``, ``SOM0`` and ``theta0`` are the
-    initial state at the start year.
+    with a prior in ``data/priors_extra.json``; ``V0`` and ``SOM0`` are the
+    initial state at the start year (the rest of the state starts in balance with them).
     """
 
     # --- the seed's nine -------------------------------------------------------------------
@@ -91,10 +91,12 @@ class Params(eqx.Module):
     m_1: Scalar  # dimensionless, decay multiplier 10-20 cm (0-10 cm is 1)
     m_2: Scalar  # dimensionless, decay multiplier 20-40 cm
     i_ref: Scalar  # mm min^-1, reference storm intensity
+    # --- model v2: drought mortality and the infiltration feedback -------------------------
+    m_D: Scalar  # yr^-1, drought mortality of cover at the wilting point
+    k_I: Scalar  # fraction, cover scale of the infiltration feedback V (1+k_I)/(V+k_I)
     # --- initial state ----------------------------------------------------------------------
     V0: Scalar  # fraction, cover at the start year
     SOM0: Scalar  # %, SOM of 0-20 cm at the start year
-    theta0: Scalar  # m^3/m^3, soil moisture at the start year
 
     def replace(self, **values) -> Params:
         """Return a copy with the named parameters replaced (values cast to this dtype)."""
@@ -167,9 +169,10 @@ UNITS: dict[str, tuple[str, ...]] = {
     "m_1": ("dimensionless",),
     "m_2": ("dimensionless",),
     "i_ref": ("mm min^-1", "mm/min"),
+    "m_D": ("yr^-1", "1/yr"),
+    "k_I": ("fraction",),
     "V0": ("fraction",),
     "SOM0": ("%",),
-    "theta0": ("m^3/m^3",),
 }
 assert set(UNITS) == set(PARAM_NAMES)
 

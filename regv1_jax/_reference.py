@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._forcing import Forcing
-from ._model import N_LAG_DEFAULT, Layout, initial_state, vector_field_numpy
+from ._model import N_LAG_DEFAULT, Layout, initial_state, vector_field_numpy, year_drivers
 from ._params import Params
 
 __all__ = ["solve_scipy", "solve_scipy_grid", "OUTPUT_KEYS"]
@@ -78,7 +78,7 @@ def solve_scipy_grid(
     n = fn.n_years
     if n < 1:
         raise ValueError("forcing must cover at least one year")
-    y = np.asarray(initial_state(p, layout, xp=np), dtype=np.float64)
+    y = np.asarray(initial_state(p, year_drivers(p, fn), layout, xp=np), dtype=np.float64)
     grid = np.empty((2 * n + 1, layout.size), dtype=np.float64)
     grid[0] = y
     for k in range(2 * n):

@@ -33,6 +33,7 @@ from ._model import (
     som_layers,
     som_topsoil,
     vector_field,
+    year_drivers,
 )
 from ._params import Params
 
@@ -126,7 +127,7 @@ def _adjoint(adjoint: str):
 def _solve_diffrax(params, forcing, layout, method, adjoint, rtol, atol, max_steps):
     dtype = params.dtype
     n = forcing.n_years
-    y0 = initial_state(params, layout)
+    y0 = initial_state(params, year_drivers(params, forcing), layout)
     ts = jnp.arange(2 * n + 1, dtype=dtype) * 0.5
     controller = dfx.PIDController(rtol=rtol, atol=atol, jump_ts=forcing.jump_ts(dtype))
     sol = dfx.diffeqsolve(
@@ -166,7 +167,7 @@ def _solve_rk4(params, forcing, layout, steps_per_year, unroll=1):
         raise ValueError(f"steps_per_year must be an even int >= 2, got {steps_per_year}")
     h = 1.0 / steps_per_year
     half = steps_per_year // 2
-    y0 = initial_state(params, layout)
+    y0 = initial_state(params, year_drivers(params, forcing), layout)
 
     def half_year(y, d):
         def step(y, _):

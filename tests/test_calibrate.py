@@ -164,13 +164,13 @@ def test_errors(setup, exact, tmp_path):
 def test_diverging_start_is_dropped_and_reported(setup, exact):
     space, prior, forcing = setup
     _, targets, _, _ = exact
-    # theta0 = NaN in the warm start makes start 0 fail; the prior draws keep theta0 too, so
+    # V0 = NaN in the warm start makes start 0 fail; the prior draws keep V0 too, so
     # free it with the stage: its draws are finite, the warm start is not.
-    st = Stage("t", ("r_V", "K_V", "theta0"), ("veg_cover_%",))
-    bad = prior.replace(theta0=jnp.nan)
+    st = Stage("t", ("r_V", "K_V", "V0"), ("veg_cover_%",))
+    bad = prior.replace(V0=jnp.nan)
     p, res = run_stage(space, st, bad, forcing, targets, CFG, jax.random.PRNGKey(0))
     assert 0 in res.dropped_starts and res.best_start != 0
-    assert np.isfinite(float(p.theta0)) and np.isfinite(res.final_loss)
+    assert np.isfinite(float(p.V0)) and np.isfinite(res.final_loss)
 
 
 def test_fit_metrics_against_hand_values():

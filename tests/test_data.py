@@ -30,7 +30,7 @@ HEADER = ",".join(REQUIRED_COLUMNS)
 
 EXTRA_NAMES = (
     "tau_VS tau_SH s_plant Z_r theta_fc theta_wp ET_p e_s c_R gamma omega b_V b_eng k_L c_L "
-    "k_E m_E c_E omega_E e_C rho_b f_0 f_1 f_2 m_1 m_2 i_ref V0 SOM0 theta0"
+    "k_E m_E c_E omega_E e_C rho_b f_0 f_1 f_2 m_1 m_2 i_ref m_D k_I V0 SOM0"
 ).split()
 SEED_NAMES = "r_V K_V lambda1 lambda2 theta_star SOM_star a1 a2 eta1".split()
 

@@ -117,13 +117,13 @@ def test_failed_solves_are_reported_not_returned():
     sim = r.simulate(p, f, max_steps=4)
     assert int(sim.status) == MAX_STEPS and not bool(sim.ok)
     assert np.all(np.isnan(sim.V)) and np.all(np.isnan(sim.runoff))
-    bad = p.replace(theta0=jnp.nan)
+    bad = p.replace(V0=jnp.nan)
     for method in ("tsit5", "rk4"):
         s = r.simulate(bad, f, method=method)
         assert int(s.status) != OK and np.all(np.isnan(s.runoff)), method
     # Per sample under vmap: one bad draw does not spoil the others.
     draws = space.sample_prior(jax.random.PRNGKey(1), 4, dtype=jnp.float64)
-    draws = eqx.tree_at(lambda q: q.theta0, draws, draws.theta0.at[2].set(jnp.nan))
+    draws = eqx.tree_at(lambda q: q.V0, draws, draws.V0.at[2].set(jnp.nan))
     batch = jax.vmap(lambda q: r.simulate(q, f, method="rk4"))(draws)
     assert list(np.asarray(batch.status)) == [OK, OK, NONFINITE, OK]
     V = np.asarray(batch.V)
@@ -181,7 +181,7 @@ def test_ensemble_path_equals_vmap_of_rk4_with_chunks_and_a_bad_member():
     space, _ = loess()
     f = yanhe_forcing()
     draws = space.sample_prior(jax.random.PRNGKey(5), 37, dtype=jnp.float64)
-    draws = eqx.tree_at(lambda q: q.theta0, draws, draws.theta0.at[11].set(jnp.nan))
+    draws = eqx.tree_at(lambda q: q.V0, draws, draws.V0.at[11].set(jnp.nan))
     ref = jax.vmap(lambda q: r.simulate(q, f, method="rk4"))(draws)
     for chunk in (None, 8):  # 37 = 4 chunks of 8 + 5, padded
         ens = r.simulate_ensemble(draws, f, chunk=chunk)

@@ -159,7 +159,8 @@ def _check_stages(v):
 
 CONFIG_KEYS: dict[str, tuple[str, Callable]] = {
     "stages": ("list of stages, each {\"name\": str, \"free\": [parameter, ...], "
-               "\"variables\": [CSV column, ...], \"events\": bool}; run in order, each "
+               "\"variables\": [CSV column, ...], \"events\": bool, \"description\": str}; "
+               "run in order, each "
                "warm-starting from the last (default: the seed's five stages)", _check_stages),
     "n_starts": ("starts per stage, run at once under vmap: the warm start plus prior draws "
                  "(integer >= 1)", _int_at_least(1)),
@@ -197,7 +198,7 @@ def config_document(cfg: CalibrationConfig | None = None) -> dict:
         v = getattr(cfg, key)
         if key == "stages":
             v = [{"name": s.name, "free": list(s.free), "variables": list(s.variables),
-                  "events": s.events} for s in v]
+                  "events": s.events, "description": s.description} for s in v]
         elif isinstance(v, tuple):
             v = list(v)
         doc[key] = v

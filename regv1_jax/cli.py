@@ -387,6 +387,10 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
         y1 = end if end is not None else max(int(obs.years[-1]),
                                              cfg.holdout[1] if cfg.holdout else 0)
         check_years(y0, y1, min_years=2)
+        if not ((obs.years >= y0) & (obs.years <= y1)).any():
+            raise DataError(f"{s.data_file}: no data rows for {s.name!r} in the years "
+                            f"{y0}-{y1} (the data cover {int(obs.years.min())}-"
+                            f"{int(obs.years.max())}); nothing to calibrate")
     for w in year_range_warnings(y0, y1, obs.years, s.data_file):
         warn(w)
     if dry_run:

@@ -114,12 +114,104 @@ class CalibrationConfig:
     events: EventConstraints = SEED_EVENTS
 
 
+# Every key of a --config JSON: (description, check).  The check returns an error text or
+# None; `load_config` and `regv1 calibrate --show-config` both read this table.
+def _int_at_least(lo):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            return f"must be an integer >= {lo}"
+        return None
+    return check
+
+
+def _number(lo, strict=True):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v \
+                or (v <= lo if strict else v < lo):
+            return f"must be a number {'>' if strict else '>='} {lo}"
+        return None
+    return check
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"must be one of {list(choices)}"
+
+
+def _check_holdout(v):
+    if v is None:
+        return None
+    if (not isinstance(v, (list, tuple)) or len(v) != 2
+            or any(isinstance(y, bool) or not isinstance(y, int) for y in v) or v[0] > v[1]):
+        return "must be null or [first_year, last_year] (integers, first <= last)"
+    return None
+
+
+def _check_steps_per_year(v):
+    err = _int_at_least(2)(v)
+    return err or (None if v % 2 == 0 else "must be an even integer >= 2")
+
+
+def _check_stages(v):
+    if not isinstance(v, list) or not v:
+        return "must be a non-empty list of {name, free, variables, events} objects"
+    return None
+
+
+CONFIG_KEYS: dict[str, tuple[str, Callable]] = {
+    "stages": ("list of stages, each {\"name\": str, \"free\": [parameter, ...], "
+               "\"variables\": [CSV column, ...], \"events\": bool, \"description\": str}; "
+               "run in order, each "
+               "warm-starting from the last (default: the seed's five stages)", _check_stages),
+    "n_starts": ("starts per stage, run at once under vmap: the warm start plus prior draws "
+                 "(integer >= 1)", _int_at_least(1)),
+    "optimizer": ("\"lm\" (Levenberg-Marquardt, forward-mode Jacobian) or \"lbfgs\" "
+                  "(Optax L-BFGS)", _one_of("lm", "lbfgs")),
+    "adam_steps": ("Optax Adam warm-up steps before the optimizer (integer >= 0; 0: none)",
+                   _int_at_least(0)),
+    "adam_lr": ("Adam learning rate on the unconstrained scale (number > 0)", _number(0)),
+    "lm_steps": ("most Levenberg-Marquardt iterations per start (integer >= 1)",
+                 _int_at_least(1)),
+    "lbfgs_steps": ("L-BFGS iterations per start when optimizer is lbfgs (integer >= 1)",
+                    _int_at_least(1)),
+    "gtol": ("converged when |gradient| <= gtol (1 + |loss|) (number > 0)", _number(0)),
+    "ftol": ("... and the loss moved by at most ftol (1 + |loss|) over the last 10 "
+             "iterations (number > 0)", _number(0)),
+    "method": ("solver inside the fit: \"tsit5\" (adaptive, diffrax) or \"rk4\" (fixed "
+               "steps)", _one_of("tsit5", "rk4")),
+    "rtol": ("relative tolerance of tsit5 (number > 0)", _number(0)),
+    "atol": ("absolute tolerance of tsit5 (number > 0)", _number(0)),
+    "steps_per_year": ("rk4 steps per year (even integer >= 2)", _check_steps_per_year),
+    "holdout": ("[first_year, last_year] kept out of the fit and scored separately, or null",
+                _check_holdout),
+    "seed": ("random seed of the prior draws that start the fit (integer >= 0)",
+             _int_at_least(0)),
+    "prior_weight": ("weight of the prior penalty (number >= 0; 0: plain weighted least "
+                     "squares)", _number(0, strict=False)),
+}
+
+
+def config_document(cfg: CalibrationConfig | None = None) -> dict:
+    """A config as the JSON that ``load_config`` reads (every key, ``stages`` spelled out)."""
+    cfg = cfg or CalibrationConfig()
+    doc = {}
+    for key in CONFIG_KEYS:
+        v = getattr(cfg, key)
+        if key == "stages":
+            v = [{"name": s.name, "free": list(s.free), "variables": list(s.variables),
+                  "events": s.events, "description": s.description} for s in v]
+        elif isinstance(v, tuple):
+            v = list(v)
+        doc[key] = v
+    return doc
+
+
 def load_config(path: str | Path, base: CalibrationConfig | None = None) -> CalibrationConfig:
-    """Read a calibration config from JSON.
+    """Read a calibration config from JSON (keys and meanings: ``CONFIG_KEYS``).
 
     ``{"stages": [{"name": "...", "free": [...], "variables": [...], "events": false}],
     "n_starts": 8, "optimizer": "lm", "adam_steps": 0, "lm_steps": 40, "method": "tsit5",
-    "holdout": [2011, 2015], "seed": 0}``; absent keys keep their defaults.
+    "holdout": [2011, 2015], "seed": 0}``; absent keys keep their defaults.  Every value is
+    checked (type and range); an error names the file and the key.
     """
     base = base or CalibrationConfig()
     path = Path(path)
@@ -127,21 +219,35 @@ def load_config(path: str | Path, base: CalibrationConfig | None = None) -> Cali
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CalibrationError(f"{path}: not valid JSON ({err})") from err
-    fields = {f.name for f in dataclasses.fields(CalibrationConfig)} - {"events"}
-    unknown = set(doc) - fields
+    except UnicodeDecodeError as err:
+        raise CalibrationError(f"{path}: not UTF-8 text ({err})") from err
+    if not isinstance(doc, dict):
+        raise CalibrationError(f"{path}: expected a JSON object of config keys, got "
+                               f"{type(doc).__name__}")
+    unknown = set(doc) - set(CONFIG_KEYS)
     if unknown:
-        raise CalibrationError(f"{path}: unknown config key(s) {sorted(unknown)}")
+        raise CalibrationError(f"{path}: unknown config key(s) {sorted(unknown)}; known: "
+                               f"{list(CONFIG_KEYS)}")
+    for key, value in doc.items():
+        err = CONFIG_KEYS[key][1](value)
+        if err:
+            raise CalibrationError(f"{path}: config key {key!r} {err}, got {value!r}")
     kw = dict(doc)
     if "stages" in kw:
         stages = []
         for i, s in enumerate(kw["stages"]):
             try:
+                if not isinstance(s, dict) or not isinstance(s["name"], str) \
+                        or isinstance(s["free"], str) \
+                        or isinstance(s.get("variables", ()), str):
+                    raise TypeError("name must be a string, free and variables lists")
                 stages.append(Stage(name=s["name"], free=tuple(s["free"]),
                                     variables=tuple(s.get("variables", ())),
                                     events=bool(s.get("events", False)),
                                     description=s.get("description", "")))
             except (KeyError, TypeError) as err:
-                raise CalibrationError(f"{path}: stage {i} needs name and free ({err})") from err
+                raise CalibrationError(f"{path}: stage {i} needs a name and a list of free "
+                                       f"parameters ({err})") from err
         kw["stages"] = tuple(stages)
     if "holdout" in kw and kw["holdout"] is not None:
         kw["holdout"] = tuple(kw["holdout"])

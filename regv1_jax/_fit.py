@@ -25,11 +25,18 @@ from ._params import Params, ParamSpace
 from ._solve import Simulation, simulate
 
 __all__ = ["fit_metrics", "local_identifiability", "regional_magnitudes", "SiteCalibration",
-           "calibrate_site", "SEED_CRITERIA", "REGION_AREAS_KM2"]
+           "calibrate_site", "SEED_CRITERIA", "REGION_AREAS_KM2", "CORR_FLAG",
+           "correlated_pairs"]
 
 # The seed's goodness-of-fit targets.
 SEED_CRITERIA = {"R2_min": 0.7, "R2_variables": ("veg_cover_%", "SOM_%"),
                  "holdout_rRMSE_max": 0.20}
+
+# |r| above this marks a pair of parameters that the data cannot tell apart (report table and
+# the outlined cells of the correlation figure).
+CORR_FLAG = 0.9
+# Pairs the seed names as likely trade-offs; always listed in the report.
+SEED_PAIRS = (("lambda1", "eta1"), ("a1", "a2"), ("c_E", "omega_E"), ("r_V", "K_V"))
 
 # Areas used to turn depths into regional volumes (stated assumptions, docs/methods.md).
 REGION_AREAS_KM2 = {
@@ -85,15 +92,34 @@ def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
     hi = free.unpack(jnp.asarray(v + 1.96 * sd_u), params)
     ci = {n: (float(getattr(lo, n)), float(getattr(hi, n))) for n in names}
     eig = np.linalg.eigvalsh(F)
-    pairs = []
-    for a, b in (("lambda1", "eta1"), ("a1", "a2"), ("c_E", "omega_E"), ("r_V", "K_V")):
-        if a in names and b in names:
-            i, j = names.index(a), names.index(b)
-            pairs.append({"pair": [a, b], "corr": float(corr[i, j]),
-                          "flag": bool(abs(corr[i, j]) > 0.7)})
+    pairs = correlated_pairs(list(names), corr)
     return {"names": list(names), "corr": corr.tolist(), "sd_unconstrained": sd_u.tolist(),
             "CI_95": ci, "VIF": vif.tolist(),
             "condition_number": float(eig[-1] / max(eig[0], 1e-300)), "pairs": pairs}
+
+
+def correlated_pairs(names, corr, threshold: float | None = None) -> list[dict]:
+    """Parameter pairs of the correlation matrix to report: every pair with |r| above
+    ``threshold`` (default ``CORR_FLAG``), strongest first, then the seed's named pairs
+    (``SEED_PAIRS``) that are below it.  ``flag`` is ``|r| > threshold``; the report's table
+    and the outlined cells of its correlation figure both come from this list."""
+    threshold = CORR_FLAG if threshold is None else threshold
+    C = np.asarray(corr, float)
+    out, seen = [], set()
+    n = len(names)
+    strong = [(abs(C[i, j]), i, j) for i in range(n) for j in range(i + 1, n)
+              if np.isfinite(C[i, j]) and abs(C[i, j]) > threshold]
+    for _, i, j in sorted(strong, reverse=True):
+        out.append({"pair": [names[i], names[j]], "corr": float(C[i, j]), "flag": True})
+        seen.add((i, j))
+    for a, b in SEED_PAIRS:
+        if a in names and b in names:
+            i, j = sorted((names.index(a), names.index(b)))
+            if (i, j) not in seen:
+                r = float(C[i, j])
+                out.append({"pair": [names[i], names[j]], "corr": r,
+                            "flag": bool(np.isfinite(r) and abs(r) > threshold)})
+    return out
 
 
 def _annual_soc_change(sim: Simulation, params: Params) -> np.ndarray:

@@ -12,13 +12,54 @@ import numpy as np
 import pandas as pd
 
 from ._calibrate import describe
-from ._fit import SEED_CRITERIA, SiteCalibration
+from ._fit import CORR_FLAG, SEED_CRITERIA, SiteCalibration
 from ._objective import TARGET_VARIABLES, simulated
 from ._params import PARAM_NAMES, SEED_PARAM_NAMES
 
-__all__ = ["write_outputs"]
+__all__ = ["write_outputs", "report_html", "optimizer_text", "METRIC_DEFINITIONS",
+           "VARIABLE_LABELS"]
 
 SCAFFOLD_FILES = {"loess_plateau_1995_2010.csv", "johnson_soil_carbon.csv"}
+
+# Axis label (quantity and unit) of each fitted variable: figures and tables use these.
+VARIABLE_LABELS = {
+    "veg_cover_%": "vegetation cover (%)",
+    "SOM_%": "SOM, 0-20 cm (% of soil mass)",
+    "SOM_0-10_%": "SOM, 0-10 cm (% of soil mass)",
+    "SOM_10-20_%": "SOM, 10-20 cm (% of soil mass)",
+    "SOM_20-40_%": "SOM, 20-40 cm (% of soil mass)",
+    "runoff_mm": "runoff (mm/yr)",
+    "erosion_t/ha": "sediment yield (t/ha/yr)",
+    "theta_m3/m3": "soil moisture (m³/m³)",
+}
+
+# One line per goodness-of-fit metric (obs o_i, simulated s_i, n years, mean obs ō).
+METRIC_DEFINITIONS = (
+    ("n", "number of observed years scored"),
+    ("R2", "squared Pearson correlation of observed and simulated values (1: perfectly "
+     "linear; blind to bias and scale)"),
+    ("RMSE", "root-mean-square error √(Σ(s_i − o_i)²/n), in the variable's units"),
+    ("rel. RMSE", "RMSE divided by the mean observed value |ō| (0.2 = 20 %)"),
+    ("NSE", "Nash-Sutcliffe efficiency 1 − Σ(s_i − o_i)²/Σ(o_i − ō)² (1: perfect; 0: no "
+     "better than the observed mean; can be negative)"),
+)
+
+
+def optimizer_text(cal: SiteCalibration) -> str:
+    """What the optimiser that ran was, from the config and the stages' own counts."""
+    cfg = cal.config
+    run = [r for r in cal.stages if r.skipped is None]
+    starts = max((r.n_starts for r in run), default=cfg.n_starts)
+    if cfg.optimizer == "lm":
+        second = (f"Levenberg-Marquardt (forward-mode Jacobian through the solve, at most "
+                  f"{cfg.lm_steps} iterations per start)")
+    else:
+        second = f"Optax L-BFGS ({cfg.lbfgs_steps} iterations per start)"
+    first = f"Optax Adam ({cfg.adam_steps} steps, learning rate {cfg.adam_lr:g}), then " \
+        if cfg.adam_steps else ""
+    its = ", ".join(f"{r.name} {r.iterations}" for r in run) or "no stage ran"
+    return (f"{first}{second}; {starts} start(s) per stage under vmap; iterations of the "
+            f"winning start: {its}")
 
 
 def _num(x):
@@ -103,8 +144,10 @@ def _fit_figure(cal: SiteCalibration, path: Path):
         if m.any():
             ax.plot(obs.years[m], obs.values[var][m], "o", color="k", ms=4, label="observed")
         if hold:
-            ax.axvspan(hold[0] - 0.5, hold[1] + 0.5, color="0.9", zorder=0)
-        ax.set_title(var, fontsize=9)
+            ax.axvspan(hold[0] - 0.5, hold[1] + 0.5, color="0.9", zorder=0, label="holdout")
+        ax.set_ylabel(VARIABLE_LABELS.get(var, var), fontsize=9)
+        ax.set_xlabel("year", fontsize=9)
+        ax.tick_params(labelbottom=True, labelsize=8)
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.axis("off")
@@ -116,23 +159,36 @@ def _fit_figure(cal: SiteCalibration, path: Path):
 
 
 def _corr_figure(cal: SiteCalibration, path: Path):
+    """The correlation matrix; the cells of the flagged pairs (the report's pair table) are
+    outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     ident = cal.identifiability
     names = ident["names"]
     C = np.asarray(ident["corr"])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(names), 0.8 + 0.45 * len(names)))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * len(names), 1.2 + 0.45 * len(names)))
     im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("parameter", fontsize=8)
+    ax.set_ylabel("parameter", fontsize=8)
     for i in range(len(names)):
         for j in range(len(names)):
             ax.text(j, i, f"{C[i, j]:.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set_title("local parameter correlation (Gauss-Newton)", fontsize=9)
+    for p in ident["pairs"]:
+        if p["flag"]:
+            i, j = names.index(p["pair"][0]), names.index(p["pair"][1])
+            for a, b in ((i, j), (j, i)):
+                ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, lw=1.8,
+                                       edgecolor="k"))
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("correlation coefficient r (dimensionless)", fontsize=8)
+    ax.set_title(f"local parameter correlation (Gauss-Newton); |r| > {CORR_FLAG:g} outlined",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -174,9 +230,8 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
         f"rows); simulated {cal.forcing.start}-{cal.forcing.end}",
         f"- training years {cal.train_years[0]}-{cal.train_years[1]}; holdout "
         f"{cal.holdout_years or 'none with data'}",
-        f"- solver `{cal.config.method}` in {cal.dtype}; {cal.config.n_starts} starts per "
-        f"stage (vmapped), Adam {cal.config.adam_steps} + L-BFGS {cal.config.lbfgs_steps} "
-        f"iterations; seed {cal.config.seed}",
+        f"- solver `{cal.config.method}` in {cal.dtype}; seed {cal.config.seed}",
+        f"- optimiser: {optimizer_text(cal)}",
         "",
         f"![fit]({files['fit_png']})",
         "",
@@ -217,6 +272,10 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
             if m["n"]:
                 rows.append([var, split, m["n"], m["R2"], m["RMSE"], m["rRMSE"], m["NSE"]])
     lines += [_table(["variable", "split", "n", "R2", "RMSE", "rel. RMSE", "NSE"], rows), ""]
+    lines += ["Metrics, per variable and split (RMSE in the variable's units: "
+              + "; ".join(f"{v} {VARIABLE_LABELS[v][VARIABLE_LABELS[v].rfind('('):]}"
+                          for v in cal.metrics if v in VARIABLE_LABELS) + "):", ""]
+    lines += [f"- **{k}**: {d}" for k, d in METRIC_DEFINITIONS] + [""]
     lines += ["Seed criteria: R2 >= 0.7 on V and SOM; RMSE <= 20% on holdout.", ""]
     rows = [[k, v.get("value"), v.get("pass") if v.get("pass") is not None else "n/a"]
             for k, v in cal.criteria.items()]
@@ -253,9 +312,14 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
                   f"{_fmt(ident['condition_number'])}.", "",
                   f"![correlation]({files['corr_png']})", ""]
         rows = [[p["pair"][0] + " – " + p["pair"][1], p["corr"],
-                 "strong trade-off" if p["flag"] else "ok"] for p in ident["pairs"]]
+                 f"strong trade-off (above {CORR_FLAG:g} in size)" if p["flag"]
+                 else f"ok (at most {CORR_FLAG:g} in size)"] for p in ident["pairs"]]
+        n_flag = sum(p["flag"] for p in ident["pairs"])
+        lines += [f"Pairs with |r| > {CORR_FLAG:g} ({n_flag}, outlined in the figure: the data "
+                  "cannot tell these parameters apart), then the seed's named pairs; the "
+                  "values are the figure's.", ""]
         if rows:
-            lines += [_table(["pair", "correlation", "flag"], rows), ""]
+            lines += [_table(["pair", "correlation r", "flag"], rows), ""]
         rows = [[n, v] for n, v in zip(ident["names"], ident["VIF"])]
         lines += [_table(["parameter", "VIF"], rows), "",
                   "VIF > 10 marks a parameter whose sensitivity is nearly a combination of "
@@ -267,8 +331,6 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
 
 def write_outputs(cal: SiteCalibration, out: str | Path) -> dict:
     """Write every output into ``out``; returns {kind: path}."""
-    import markdown
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"params": out / "params.json", "fit": out / "fit.csv",
@@ -279,7 +341,9 @@ def write_outputs(cal: SiteCalibration, out: str | Path) -> dict:
     fit_table(cal).to_csv(out / "fit.csv", index=False, float_format="%.6g")
     metrics = {
         "site": cal.site, "region": cal.region, "dtype": cal.dtype,
-        "method": cal.config.method,
+        "method": cal.config.method, "optimizer": cal.config.optimizer,
+        "optimizer_description": optimizer_text(cal),
+        "metric_definitions": dict(METRIC_DEFINITIONS),
         "train_years": cal.train_years, "holdout_years": cal.holdout_years,
         "metrics": cal.metrics, "criteria": cal.criteria, "seed_criteria": SEED_CRITERIA,
         "stages": [r.as_dict() for r in cal.stages],
@@ -291,12 +355,56 @@ def write_outputs(cal: SiteCalibration, out: str | Path) -> dict:
         _corr_figure(cal, out / "correlation.png")
     md = report_markdown(cal, files)
     (out / "report.md").write_text(md)
-    body = markdown.markdown(md, extensions=["tables"])
-    html = ("<!doctype html><html><head><meta charset='utf-8'><title>"
-            f"regv1 calibration: {cal.site}</title><style>body{{font-family:sans-serif;"
-            "max-width:1100px;margin:2em auto;}}table{{border-collapse:collapse;}}"
-            "td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;}}"
-            "blockquote{{background:#fff4e5;border-left:4px solid #f90;padding:4px 12px;}}"
-            "img{{max-width:100%;}}</style></head><body>" + body + "</body></html>")
-    (out / "report.html").write_text(html)
+    (out / "report.html").write_text(report_html(md, out, title=f"regv1 calibration: {cal.site}"))
     return {k: (out / v if isinstance(v, str) else v) for k, v in files.items()}
+
+
+REPORT_CSS = """
+body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       line-height: 1.4; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; font-size: 13px; text-align: left; }
+th { background: #f3f3f3; }
+blockquote { background: #fff4e5; border-left: 4px solid #f90; margin: 1em 0;
+             padding: 4px 12px; }
+img { max-width: 100%; height: auto; }
+code { overflow-wrap: anywhere; }
+li, p { overflow-wrap: anywhere; }
+"""
+
+
+def _data_uri(path: Path) -> str:
+    import base64
+
+    mime = {"png": "image/png", "svg": "image/svg+xml", "jpg": "image/jpeg"}[
+        path.suffix.lstrip(".").lower()]
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def report_html(md: str, folder: Path, title: str) -> str:
+    """A self-contained HTML page of the Markdown report: every local image embedded as a
+    data URI (a missing one is an error, not a broken link), tables in a scrolling box."""
+    import html as _html
+    import re
+
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"])
+
+    def embed(m):
+        src = m.group(2)
+        if src.startswith(("data:", "http:", "https:")):
+            return m.group(0)
+        path = Path(folder) / src
+        if not path.is_file():
+            raise FileNotFoundError(f"report image {src!r} not found in {folder}")
+        return m.group(1) + _data_uri(path) + m.group(3)
+
+    body = re.sub(r'(<img[^>]*\ssrc=")([^"]+)(")', embed, body)
+    body = body.replace("<table>", '<div class="table-wrap"><table>').replace(
+        "</table>", "</table></div>")
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{_html.escape(title)}</title><style>{REPORT_CSS}</style></head><body>"
+            + body + "</body></html>\n")

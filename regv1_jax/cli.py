@@ -1,18 +1,41 @@
 """The ``regv1`` command line.
 
 ``regv1 simulate`` runs the model for a site and writes one row per year; ``regv1 calibrate``
-(when available) fits it to the site's data and writes a report.  Files and plots stay here,
-at the edge; the library below never flips ``jax.config``.
+fits it to the site's data and writes a report; ``regv1 sites`` lists the bundled sites.
+Files and plots stay here, at the edge; the library below never flips ``jax.config``.
+
+Every command follows the same order, with helpers that a new command reuses:
+
+1. check options and inputs (:func:`cli_errors` turns every user error into one line and an
+   exit code 1; :func:`warn` prints plausibility warnings), and the output paths
+   (:func:`prepare_out_dir` / :func:`prepare_out_file`) - all before JAX compiles anything;
+2. compute inside :func:`compute_context` (persistent compilation cache, cacheable traces);
+3. write through :func:`out_dir_writer` (a temporary folder swapped into place, with a
+   ``manifest.json`` from :func:`command_manifest`) or :func:`_outputs.atomic_files`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import click
 
+from ._checks import observation_warnings, params_file_warnings, year_range_warnings
 from ._data import DataError
+from ._outputs import (
+    OutputError,
+    atomic_files,
+    atomic_out_dir,
+    check_out_dir,
+    check_out_file,
+    manifest,
+    os_error_message,
+)
 from ._params import ParameterError
 
 SIM_COLUMNS = (
@@ -20,16 +43,119 @@ SIM_COLUMNS = (
     "theta_m3/m3", "rainfall_mm", "runoff_mm", "ET_mm", "drainage_mm", "water_yield_mm",
     "storage_change_mm", "erosion_t/ha",
 )
+PLOT_SUFFIXES = ("png", "pdf", "svg", "jpg", "jpeg")
+MAX_YEARS = 1000  # longest run a command accepts
+DEBUG_ENV = "REGV1_DEBUG"  # set to 1 to see the traceback behind a one-line error
+
+CACHE_HELP = (
+    "Compiled functions are cached on disk in ~/.cache/regv1_jax/xla (or $REGV1_CACHE_DIR), so "
+    "that the next run of the same job skips most compilation; --no-cache or REGV1_NO_CACHE=1 "
+    "turns the cache off (delete the folder to reclaim the space).")
 
 
-def _setup_jax(dtype: str):
+# --- shared helpers (reused by every command) ----------------------------------------------
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ._calibrate import CalibrationError
+
+    return (DataError, ParameterError, CalibrationError, OutputError, ValueError)
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn user errors (bad files, values, paths: ``DataError``, ``ParameterError``,
+    ``CalibrationError``, ``OutputError``, ``ValueError``, any ``OSError``) into one-line
+    ``Error: ...`` messages with exit code 1.  ``REGV1_DEBUG=1`` re-raises them instead."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except OSError as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        raise click.ClickException(os_error_message(err)) from None
+    except _user_errors() as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        text = " ".join(str(err).split("\n")[0].split()) or err.__class__.__name__
+        raise click.ClickException(text) from None
+
+
+def warn(message: str) -> None:
+    """A plausibility warning on stderr: the run goes on."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def check_years(start: int | None, end: int | None, min_years: int = 1) -> None:
+    """``--start``/``--end``: end not before start, at least ``min_years``, at most
+    ``MAX_YEARS``."""
+    if start is None or end is None:
+        return
+    if end < start:
+        raise click.BadParameter(f"--end {end} is before --start {start}", param_hint="--end")
+    n = end - start + 1
+    if n < min_years:
+        raise click.BadParameter(f"--start {start} --end {end} is {n} year; this command needs "
+                                 f"at least {min_years}", param_hint="--end")
+    if n > MAX_YEARS:
+        raise click.BadParameter(f"--start {start} --end {end} spans {n} years; at most "
+                                 f"{MAX_YEARS}", param_hint="--end")
+
+
+def prepare_out_dir(out: str, force: bool) -> Path:
+    """Check the ``--out`` folder before computing (see ``_outputs.check_out_dir``)."""
+    with cli_errors():
+        return check_out_dir(out, force=force, option="--out")
+
+
+def prepare_out_file(path: str, option: str, suffixes=None) -> Path:
+    """Check an output file option before computing (see ``_outputs.check_out_file``)."""
+    with cli_errors():
+        return check_out_file(path, option, suffixes)
+
+
+def command_line(ctx: click.Context | None = None) -> list[str]:
+    """The command as the user could type it again, rebuilt from click's parsed options."""
+    ctx = ctx or click.get_current_context()
+    words = ctx.command_path.split()
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if v is None or v is False or not p.opts or p.name == "show_config":
+            continue
+        opt = max(p.opts, key=len)
+        words += [opt] if v is True else [opt, str(v)]
+    return words
+
+
+def command_manifest(inputs: Mapping[str, str | Path | None], **extra) -> dict:
+    """The ``manifest.json`` document of the current command (``_outputs.manifest``)."""
+    return manifest(command_line(), inputs, **extra)
+
+
+@contextlib.contextmanager
+def out_dir_writer(out: Path, manifest_doc: Mapping) -> Iterator[Path]:
+    """Yield a temporary folder to write into; on success it becomes ``out`` with its
+    manifest (``_outputs.atomic_out_dir``); OS errors become one-line messages."""
+    with cli_errors(), atomic_out_dir(out, manifest_doc) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def compute_context(dtype: str, no_cache: bool = False) -> Iterator[object]:
+    """Set JAX up for a command (precision, persistent cache) and trace cacheable
+    functions; yields the JAX dtype.  Says once when the cache is off or unusable."""
     import jax
 
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    return jnp.float64 if dtype == "float64" else jnp.float32
+    from ._compile_cache import cache_dir, cache_disabled, cacheable_traces, enable_cache
+
+    folder = enable_cache(disabled=no_cache)
+    if folder is None and not (no_cache or cache_disabled()):
+        warn(f"compilation cache {cache_dir()} cannot be written; compiling without it")
+    with cacheable_traces():
+        yield jnp.float64 if dtype == "float64" else jnp.float32
 
 
 def simulation_table(sim):
@@ -58,128 +184,243 @@ def simulation_table(sim):
     return pd.DataFrame(cols, columns=SIM_COLUMNS)
 
 
-@click.group()
+def _load_site(site: str, data: str | None, region: str | None):
+    """The site and its region's parameter space, with the data's plausibility warnings."""
+    from ._params import load_param_space
+    from ._sites import get_site
+
+    s = get_site(site, data=data, region=region)
+    space = load_param_space(s.region)
+    if s.observations is not None:
+        for w in observation_warnings(s.observations, s.data_file):
+            warn(w)
+    return s, space
+
+
+def _data_years(s):
+    return None if s.observations is None else s.observations.years
+
+
+# --- commands -------------------------------------------------------------------------------
+@click.group(epilog=CACHE_HELP)
 @click.version_option(package_name="regv1_jax")
 def main():
     """regv1: vegetation-SOM-soil moisture regeneration model (JAX)."""
 
 
 @main.command()
-@click.option("--site", required=True, help="Site name, e.g. Yanhe-basin (see data/sites.json).")
+def sites():
+    """List the bundled sites: region, data file, mean annual precipitation, planting start.
+
+    Names work with --site of simulate and calibrate; the files are read from the
+    installed package's data folder."""
+    from ._paths import data_dir
+    from ._sites import _registry
+
+    with cli_errors():
+        reg = _registry()
+        root = data_dir()
+    rows = [("site", "region", "data file", "MAP_mm", "planting")]
+    for name in sorted(reg):
+        e = reg[name]
+        f = e.get("data_file")
+        path = (Path(e["_folder"]) / f) if f else None
+        shown = str(path.relative_to(root)) if path is not None else "(none: pass --data)"
+        rows.append((name, str(e.get("region", "")), shown,
+                     "" if e.get("MAP_mm") is None else f"{e['MAP_mm']:g}",
+                     str(e.get("planting_start") or "none")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    click.echo(f"data folder: {root}")
+
+
+@main.command(epilog=CACHE_HELP)
+@click.option("--site", required=True, help="Site name, e.g. Yanhe-basin (see `regv1 sites`).")
 @click.option("--region", default=None, help="Prior region (default: the site's).")
 @click.option("--start", type=int, required=True, help="First calendar year.")
-@click.option("--end", type=int, required=True, help="Last calendar year (inclusive).")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV.")
+@click.option("--end", type=int, required=True,
+              help="Last calendar year (inclusive; may equal --start).")
+@click.option("--out", type=click.Path(), required=True, help="Output CSV.")
 @click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="JSON in the seed's schema whose values override the priors.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV with the site's rows (default: the bundled file).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Figure (PNG).")
+@click.option("--plot", type=click.Path(), default=None,
+              help=f"Figure file ({', '.join('.' + s for s in PLOT_SUFFIXES)}).")
 @click.option("--method", type=click.Choice(["tsit5", "dopri8", "kvaerno5", "rk4"]),
               default="tsit5", show_default=True)
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
               show_default=True)
 @click.option("--no-planting", is_flag=True, help="Switch Grain for Green planting off.")
+@click.option("--no-cache", is_flag=True, help="Do not use the compilation cache.")
+@click.option("--dry-run", is_flag=True,
+              help="Check the options and inputs, print warnings, compute nothing.")
 def simulate(site, region, start, end, out, params_file, data, plot, method, dtype,
-             no_planting):
-    """Simulate a site year by year and write one CSV row per year."""
-    jdtype = _setup_jax(dtype)
-    from . import _solve
-    from ._params import load_param_space
-    from ._sites import get_site, site_forcing
+             no_planting, no_cache, dry_run):
+    """Simulate a site year by year and write one CSV row per year.
 
-    try:
-        s = get_site(site, data=data, region=region)
-        space = load_param_space(s.region)
+    The CSV and the figure are written under temporary names and renamed into place once
+    both are complete."""
+    check_years(start, end)
+    out_path = prepare_out_file(out, "--out")
+    plot_path = prepare_out_file(plot, "--plot", PLOT_SUFFIXES) if plot else None
+    if plot_path is not None and plot_path.absolute() == out_path.absolute():
+        raise click.BadParameter("--plot and --out name the same file", param_hint="--plot")
+    with cli_errors():
+        s, space = _load_site(site, data, region)
+        if params_file:
+            for w in params_file_warnings(params_file, s.region):
+                warn(w)
         params = space.override(params_file) if params_file else space.prior_values()
-        forcing = site_forcing(s, start, end, planting=not no_planting)
-    except (DataError, ParameterError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
-    params = params.astype(jdtype)
-    sim = _solve.simulate(params, forcing, method=method)
-    if int(sim.status) != 0:
-        raise click.ClickException(
-            f"the solve failed: {_solve.STATUS_MESSAGES[int(sim.status)]}")
-    table = simulation_table(sim)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, float_format="%.6g")
-    click.echo(f"{s.name} ({s.region}), {start}-{end}, {method}, {dtype}: wrote {out}")
+    for w in year_range_warnings(start, end, _data_years(s), s.data_file):
+        warn(w)
+    if dry_run:
+        click.echo("inputs ok (dry run): nothing computed, nothing written")
+        return
+    from . import _solve
+    from ._sites import site_forcing
+
+    with compute_context(dtype, no_cache) as jdtype, cli_errors():
+        # A one-year run solves two years and keeps the first: the solver needs a forcing
+        # date inside the run, and a later year cannot change an earlier one.
+        forcing = site_forcing(s, start, max(end, start + 1), planting=not no_planting)
+        sim = _solve.simulate(params.astype(jdtype), forcing, method=method)
+        status = int(sim.status)
+        if status != 0:
+            raise click.ClickException(
+                f"the solve failed: {_solve.STATUS_MESSAGES[status]}")
+        table = simulation_table(sim).iloc[: end - start + 1]
+    targets = [out_path] + ([plot_path] if plot_path else [])
+    with cli_errors(), atomic_files(targets) as tmps:
+        table.to_csv(tmps[0], index=False, float_format="%.6g")
+        if plot_path is not None:
+            from ._plots import plot_simulation
+
+            src = s.data_file.name if s.data_file is not None else ""
+            plot_simulation(table, s.observations, tmps[1],
+                            title=f"{s.name} ({s.region}): {method}, {dtype}, "
+                            f"{'--params' if params_file else 'prior'} values",
+                            obs_label=f"data rows ({src})")
+    click.echo(f"{s.name} ({s.region}), {start}-{end}, {method}, {dtype}: wrote {out_path}")
     wb = abs(table["rainfall_mm"] - table["runoff_mm"] - table["ET_mm"] - table["drainage_mm"]
              - table["storage_change_mm"]).max()
-    click.echo(f"  cover {table['veg_cover_%'].iloc[0]:.1f}% -> {table['veg_cover_%'].iloc[-1]:.1f}%,"
-               f" runoff {table['runoff_mm'].iloc[0]:.1f} -> {table['runoff_mm'].iloc[-1]:.1f} mm,"
-               f" max water-balance residual {wb:.2e} mm")
-    if plot:
-        from ._plots import plot_simulation
-
-        src = s.data_file.name if s.data_file is not None else ""
-        plot_simulation(table, s.observations, plot,
-                        title=f"{s.name} ({s.region}): {method}, {dtype}, "
-                        f"{'--params' if params_file else 'prior'} values",
-                        obs_label=f"data rows ({src})")
-        click.echo(f"  figure: {plot}")
+    click.echo(f"  cover {table['veg_cover_%'].iloc[0]:.1f}% -> "
+               f"{table['veg_cover_%'].iloc[-1]:.1f}%, runoff {table['runoff_mm'].iloc[0]:.1f}"
+               f" -> {table['runoff_mm'].iloc[-1]:.1f} mm, max water-balance residual "
+               f"{wb:.2e} mm")
+    if plot_path is not None:
+        click.echo(f"  figure: {plot_path}")
 
 
-@main.command()
-@click.option("--site", required=True, help="Site (data/sites.json), or a location in --data.")
+def _show_config(ctx, _param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from ._calibrate import CONFIG_KEYS, config_document
+
+    click.echo("# --config FILE.json: a JSON object with any of these keys (absent keys keep "
+               "the defaults below)")
+    for key, (desc, _) in CONFIG_KEYS.items():
+        click.echo(f"#   {key}: {desc}")
+    click.echo(json.dumps(config_document(), indent=2))
+    ctx.exit(0)
+
+
+def _config_help() -> str:
+    from ._calibrate import CONFIG_KEYS
+
+    return ("JSON calibration config with any of the keys " + ", ".join(CONFIG_KEYS)
+            + " (--show-config prints the defaults and what each key means).")
+
+
+@main.command(epilog=CACHE_HELP)
+@click.option("--site", required=True, help="Site (`regv1 sites`), or a location in --data.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV in the seed's schema (default: the site's bundled file).")
 @click.option("--region", default=None, help="Prior region (default: the site's).")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--out", type=click.Path(), required=True,
+              help="Output folder: new, empty, or one that regv1 wrote (it has a "
+              "manifest.json); replaced as a whole when the run succeeds.")
+@click.option("--force", is_flag=True,
+              help="Replace --out even if it holds files regv1 did not write.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              default=None, help="JSON calibration config (stages, starts, iterations).")
+              default=None, help=_config_help())
+@click.option("--show-config", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_config, help="Print the default config with each key's meaning.")
 @click.option("--start", type=int, default=None, help="First year (default: first data year).")
 @click.option("--end", type=int, default=None,
               help="Last year (default: last data year or the holdout's end).")
-@click.option("--starts", "n_starts", type=int, default=None, help="Starts per stage.")
+@click.option("--starts", "n_starts", type=click.IntRange(min=1), default=None,
+              help="Starts per stage (>= 1; default: the config's, 8).")
 @click.option("--method", type=click.Choice(["tsit5", "rk4"]), default=None,
               help="Solver inside the fit (default tsit5: diffrax adjoint gradients).")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
               show_default=True)
-@click.option("--seed", type=int, default=None, help="Random seed of the prior starts.")
-def calibrate(site, data, region, out, config_file, start, end, n_starts, method, dtype, seed):
-    """Staged calibration of a site; writes params.json, fit.csv, metrics.json, figures and
-    report.md / report.html into OUT."""
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Random seed of the prior starts (>= 0).")
+@click.option("--no-cache", is_flag=True, help="Do not use the compilation cache.")
+@click.option("--dry-run", is_flag=True,
+              help="Check the options and inputs, print warnings, compute nothing.")
+def calibrate(site, data, region, out, force, config_file, start, end, n_starts, method,
+              dtype, seed, no_cache, dry_run):
+    """Staged calibration of a site; writes params.json, fit.csv, metrics.json, figures,
+    report.md / report.html and manifest.json into OUT (all at once, when the run ends)."""
     import dataclasses
     import time
 
-    _setup_jax(dtype)
-    import jax
+    check_years(start, end, min_years=2)
+    out_path = prepare_out_dir(out, force)
+    with cli_errors():
+        from ._calibrate import CalibrationConfig, load_config
 
-    jax.config.update("jax_compilation_cache_dir",
-                      str(Path.home() / ".cache" / "regv1_jax" / "xla"))
-    from ._calibrate import CalibrationConfig, CalibrationError, load_config
-    from ._fit import calibrate_site
-    from ._params import load_param_space
-    from ._report import write_outputs
-    from ._sites import get_site, site_forcing
-
-    t0 = time.time()
-    try:
-        s = get_site(site, data=data, region=region)
-        if s.observations is None:
-            raise DataError(f"site {site!r} has no bundled data: pass --data FILE.csv")
         cfg = load_config(config_file) if config_file else CalibrationConfig()
         kw = {k: v for k, v in (("n_starts", n_starts), ("method", method), ("seed", seed))
               if v is not None}
         cfg = dataclasses.replace(cfg, **kw)
-        space = load_param_space(s.region)
-        prior = space.prior_values(_setup_jax(dtype))
+        s, space = _load_site(site, data, region)
+        if s.observations is None:
+            raise DataError(f"site {site!r} has no bundled data: pass --data FILE.csv")
+        for st in cfg.stages:
+            st.check(space)
         obs = s.observations
         y0 = int(obs.years[0]) if start is None else start
         y1 = end if end is not None else max(int(obs.years[-1]),
                                              cfg.holdout[1] if cfg.holdout else 0)
+        check_years(y0, y1, min_years=2)
+        if not ((obs.years >= y0) & (obs.years <= y1)).any():
+            raise DataError(f"{s.data_file}: no data rows for {s.name!r} in the years "
+                            f"{y0}-{y1} (the data cover {int(obs.years.min())}-"
+                            f"{int(obs.years.max())}); nothing to calibrate")
+    for w in year_range_warnings(y0, y1, obs.years, s.data_file):
+        warn(w)
+    if dry_run:
+        click.echo("inputs ok (dry run): nothing computed, nothing written")
+        return
+    from ._fit import calibrate_site
+    from ._report import write_outputs
+    from ._sites import site_forcing
+
+    t0 = time.time()
+    with compute_context(dtype, no_cache) as jdtype, cli_errors():
+        prior = space.prior_values(jdtype)
         forcing = site_forcing(s, y0, y1)
         click.echo(f"calibrating {s.name} ({s.region}) on {s.data_file}, {y0}-{y1}, "
-                   f"{cfg.method}/{dtype}, {cfg.n_starts} starts per stage")
-        click.echo("  (the first stage includes compilation; later stages reuse it)")
+                   f"{cfg.method}/{dtype}, {cfg.n_starts} start(s) per stage")
+        click.echo("  (the first stage includes compilation unless it is cached)")
         cal = calibrate_site(space, prior, forcing, obs, cfg, planting_start=s.planting_start,
                              progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
-    except (DataError, ParameterError, CalibrationError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
-    files = write_outputs(cal, out)
-    click.echo(f"[{time.time() - t0:6.1f}s] wrote {files['md']}, {files['html']}, "
-               f"{files['params']}, {files['fit']}, {files['metrics']}")
+    from ._paths import data_path
+
+    inputs = {"data": s.data_file, "config": config_file}
+    with contextlib.suppress(FileNotFoundError):
+        inputs.update(priors_seed=data_path("priors_seed.json"),
+                      priors_extra=data_path("priors_extra.json"))
+    doc = command_manifest(inputs, dtype=dtype, site=s.name, region=s.region,
+                           optimizer=cfg.optimizer, n_starts=cfg.n_starts, seed=cfg.seed)
+    with out_dir_writer(out_path, doc) as tmp:
+        files = write_outputs(cal, tmp)
+    click.echo(f"[{time.time() - t0:6.1f}s] wrote {out_path}/: "
+               + ", ".join(sorted(Path(f).name for f in files.values())) + ", manifest.json")
     for k, v in cal.criteria.items():
         res = v.get("pass")
         click.echo(f"  {k}: {'n/a' if res is None else ('pass' if res else 'FAIL')}")

@@ -194,7 +194,16 @@ def test_site_calibration_writes_the_report(setup, tmp_path):
     C = np.asarray(ident["corr"])
     assert ident["names"] == ["r_V", "K_V", "a1", "a2"]
     assert C.shape == (4, 4) and np.allclose(np.diag(C), 1.0)
-    assert {tuple(p["pair"]) for p in ident["pairs"]} == {("a1", "a2"), ("r_V", "K_V")}
+    pairs = {tuple(p["pair"]): p for p in ident["pairs"]}
+    assert {("a1", "a2"), ("r_V", "K_V")} <= set(pairs)  # the seed's pairs are always listed
+    names = ident["names"]
+    for i in range(4):  # every |r| > 0.9 of the matrix is listed and flagged, nothing else
+        for j in range(i + 1, 4):
+            strong = abs(C[i, j]) > 0.9
+            p = pairs.get((names[i], names[j]))
+            assert (p is not None and p["flag"]) == strong
+            if p is not None:
+                assert p["corr"] == pytest.approx(C[i, j])
     files = write_outputs(cal, tmp_path / "out")
     pj = json.loads(files["params"].read_text())
     assert pj["LoessPlateau"]["r_V"]["source"] == "calibrated"
@@ -203,6 +212,8 @@ def test_site_calibration_writes_the_report(setup, tmp_path):
     assert pj["LoessPlateau"]["tau_VS"]["source"].startswith("prior")
     md = files["md"].read_text()
     assert "Synthetic twin-experiment data" in md and "R2 veg_cover_% >= 0.7" in md
+    assert "Levenberg-Marquardt" in md and "Nash-Sutcliffe" in md
+    assert 'src="data:image/png;base64,' in files["html"].read_text()
     for f in ("fit.png", "correlation.png", "report.html", "fit.csv", "metrics.json"):
         assert (tmp_path / "out" / f).stat().st_size > 0
     mg = json.loads(files["metrics"].read_text())["magnitudes"]

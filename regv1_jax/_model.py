@@ -112,6 +112,9 @@ def som_topsoil(C0, C1, rho_b):
 
 # Smoothing scale (yr^-1) of the split of the threshold feedback F into F+ and F-.
 F_SMOOTH = 1e-3
+# Smoothing scale of the drought deficit at theta_star (share of theta_star - theta_wp): a
+# kink there made finite-difference gradients depend on where the solver stepped.
+D_SMOOTH = 1e-2
 # Sharpness of the smooth cap of the runoff coefficient at 1.
 RC_CAP_POWER = 8.0
 
@@ -201,7 +204,8 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
     F = p.lambda1 * (th - p.theta_star) + p.lambda2 * (som - p.SOM_star)
     F_plus = softplus(F, xp)
     F_minus = F_plus - F
-    drought = xp.clip((p.theta_star - th) / (p.theta_star - p.theta_wp), 0.0, 1.0)
+    deficit = softplus((p.theta_star - th) / (p.theta_star - p.theta_wp), xp, D_SMOOTH)
+    drought = xp.minimum(deficit, 1.0)
     growth = (p.r_V * w + F_plus) * (1.0 - V / p.K_V)
     dV = V * (growth - F_minus - p.m_D * drought) \
         + p.s_plant * d.psi_plant * w * (p.K_V - V)
@@ -228,7 +232,8 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
 
 
 def vector_field(tau, y, args):
-    """Diffrax-style vector field: ``args = (params, forcing, layout)``; tau in years since start."""
+    """Diffrax-style vector field: ``args = (params, forcing, layout)``; tau in years since
+    the start."""
     p, forcing, layout = args
     return rates(y, p, year_drivers(p, forcing, forcing.index(tau)), layout)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_simulation"]
+__all__ = ["plot_simulation", "plot_bifurcation"]
 
 PANELS = (
     ("veg_cover_%", "veg_cover_%", "vegetation cover (%)"),
@@ -74,4 +74,39 @@ def plot_simulation(table, observations, path, title: str = "", holdout: tuple |
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bifurcation(table, summary: dict, path, title: str = ""):
+    """Equilibrium cover over mean annual rainfall: stable branches solid, the saddle
+    (V_crit) dashed, the rainfall limit and the loss of bare-soil stability as vertical
+    lines; the hysteresis loop is the region between them where both states are stable.
+
+    ``table``: rows of ``bifurcation.csv`` (rainfall_mm, V, stable, valid).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    t = table[table["valid"]]
+    styles = ((True, "-", "stable"), (False, "--", "unstable (the saddle is V_crit)"))
+    for stable, style, label in styles:
+        part = t[t["stable"] == stable]
+        for kind, grp in part.groupby("branch"):
+            ax.plot(grp["rainfall_mm"], 100 * grp["V"], style, color="C0" if stable else "C3",
+                    marker="." if len(grp) < 3 else None,
+                    label=label if kind == part["branch"].min() else None)
+    for key, col, lab in (("P_veg_mm", "C2", "rainfall limit to revegetation"),
+                          ("P_bare_unstable_mm", "C1", "bare soil loses stability")):
+        v = summary.get(key)
+        if v is not None and np.isfinite(v):
+            ax.axvline(v, color=col, lw=1, ls=":", label=f"{lab}: {v:.0f} mm")
+    ax.set_xlabel("mean annual rainfall (mm/yr)")
+    ax.set_ylabel("equilibrium vegetation cover (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

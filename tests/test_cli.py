@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from regv1_jax._paths import data_path
 from regv1_jax.cli import SIM_COLUMNS, main
 
 
@@ -282,3 +283,23 @@ def test_the_html_report_renders_in_a_real_browser(calibrated, tmp_path):
             assert borders == "solid"  # the CSS after the first rule applies
     finally:
         drv.quit()
+
+
+def test_equilibria_command_writes_table_json_and_figure(tmp_path):
+    out = tmp_path / "eq"
+    res = CliRunner().invoke(main, [
+        "equilibria", "--region", "LoessPlateau", "--map", "400", "--sweep", "300:550:6",
+        "--params", str(data_path("parameter_sets/loess_bistable.json")), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "equilibria.csv")
+    assert set(table["rainfall_mm"]) == {300.0, 350.0, 400.0, 450.0, 500.0, 550.0}
+    summary = json.loads((out / "equilibria.json").read_text())
+    at = summary["at_map"]
+    assert [q["stable"] for q in at["equilibria"]] == [True, False, True]
+    assert at["V_crit"] == pytest.approx(at["equilibria"][1]["V"])
+    assert 300 < summary["P_veg_mm"] < 400 < summary["P_bare_unstable_mm"]
+    assert (out / "bifurcation.png").stat().st_size > 10_000
+    assert (out / "manifest.json").exists()
+    bad = CliRunner().invoke(main, ["equilibria", "--region", "LoessPlateau", "--sweep", "9",
+                                    "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "--sweep" in bad.output and "Traceback" not in bad.output

@@ -100,15 +100,19 @@ def test_grain_for_green_raises_cover_and_lowers_runoff():
 
 
 def test_bistable_set_falls_to_degraded_state_without_planting():
-    _, p = loess()
-    bistable = p.replace(lambda2=0.15, SOM_star=1.8, r_V=0.06)
-    f = r.make_forcing(1995, 2095, rainfall=450.0, psi_plant=0.0)
-    low = r.simulate(bistable.replace(V0=0.28, SOM0=0.9), f)  # SOM0 < SOM_star
-    assert float(low.V[-1]) < 0.01 and float(low.SOM[-1]) < 0.2
-    assert np.all(np.diff(np.asarray(low.V)) < 0)
-    # The same parameters started restored stay restored: two stable states.
+    # The documented bistable set (data/parameter_sets/loess_bistable.json): from the 1995
+    # state, below V_crit, cover and SOM decline towards bare soil without planting; started
+    # restored, it stays restored.  Two stable states under one climate.
+    space = r.load_param_space("LoessPlateau")
+    bistable = space.override(r.data_path("parameter_sets/loess_bistable.json"))
+    f = r.make_forcing(1995, 2194, rainfall=400.0, psi_plant=0.0)
+    low = r.simulate(bistable.replace(V0=0.28, SOM0=0.9), f)
+    V = np.asarray(low.V)
+    v_crit = float(r.equilibria(bistable, r.Climate(400.0)).V_crit)
+    assert V.max() < v_crit  # never crosses the saddle
+    assert np.all(np.diff(V[100:]) < 0) and V[-1] < 0.15 and float(low.SOM[-1]) < 0.45
     high = r.simulate(bistable.replace(V0=0.6, SOM0=1.6), f)
-    assert float(high.V[-1]) > 0.65
+    assert float(high.V[-1]) > 0.55
 
 
 def test_failed_solves_are_reported_not_returned():

@@ -263,7 +263,7 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
                      f"[{_fmt(e['CI_95'][0])}, {_fmt(e['CI_95'][1])}]",
                      "calibrated" if e["source"] == "calibrated" else "prior"])
     lines += [_table(["parameter", "units", "prior", "value", "CI_95", "source"], rows),
-              "", "All 39 parameters are in `params.json` (seed schema).", ""]
+              "", f"All {len(PARAM_NAMES)} parameters are in `params.json` (seed schema).", ""]
     lines += ["## Goodness of fit", ""]
     rows = []
     for var, row in cal.metrics.items():

@@ -48,6 +48,8 @@ MAX_EQUILIBRIA = 6
 # Inner fixed-point sweeps between SOC (erosion depends on theta) and theta (the bucket
 # depends on SOM through theta_fc_eff); the coupling is weak, 24 sweeps reach float64 noise.
 N_SLAVE_SWEEPS = 24
+# Equilibria whose covers differ by less than this are one equilibrium.
+DEDUP_TOL = 1e-7
 
 
 class Climate(eqx.Module):
@@ -215,6 +217,11 @@ def equilibria(
     eig = jnp.max(jnp.real(jnp.linalg.eigvals(jac)), axis=-1)
     resid = jnp.max(jnp.abs(jax.vmap(lambda z: _core_rates(z, p, d, layout))(Z)), axis=-1)
     valid = valid & jnp.all(jnp.isfinite(Z), axis=-1)
+    # Deduplicate: a Newton polish that lands on an equilibrium already listed (bare soil
+    # first) does not count twice.
+    close = jnp.abs(Z[:, None, 0] - Z[None, :, 0]) < DEDUP_TOL
+    earlier = jnp.tril(jnp.ones(close.shape, bool), k=-1)
+    valid = valid & ~jnp.any(close & earlier & valid[None, :], axis=1)
     stable = eig < 0
 
     # Sort by cover, padding last.

@@ -3,6 +3,7 @@
 Users import from here; every other module is private and free to change.
 """
 
+from ._ensemble import simulate_ensemble as simulate_ensemble
 from ._forcing import Forcing as Forcing
 from ._forcing import grain_for_green as grain_for_green
 from ._forcing import make_forcing as make_forcing
@@ -19,6 +20,5 @@ from ._params import load_param_space as load_param_space
 from ._solve import STATUS_MESSAGES as STATUS_MESSAGES
 from ._solve import Simulation as Simulation
 from ._solve import simulate as simulate
-from ._solve import simulate_ensemble as simulate_ensemble
 
 __version__ = "0.1.0"

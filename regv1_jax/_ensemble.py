@@ -3,8 +3,8 @@
 The default call picks the fast configuration by itself:
 
 * **Buckets.** The batch is padded (with copies of its first member) to a size bucket, four
-  per octave (at most 25% padding), times the block and device granule, so that a study whose
-  batch sizes vary compiles a handful of shapes, not one per size.
+  per octave (at most 25% padding) and to a multiple of the device count, so that a study
+  whose batch sizes vary compiles a handful of shapes, not one per size.
 * **Kernel (CPU).** On a CPU device the RK4 loop runs in a C++ kernel generated from
   ``rate_terms`` (``_kernel.py``): one pass over a block of members per right-hand-side
   evaluation, parameter- and driver-only terms hoisted, OpenMP threads over blocks.  XLA does
@@ -24,7 +24,6 @@ member by member (``tests/test_ensemble.py``: 1e-12 in float64, 1e-5 in float32)
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 
@@ -123,6 +122,7 @@ def _xla_solve(params, forcing, layout, steps_per_year, chunk):
                                              "chunk", "devices"))
 def _run(params, forcing, *, n_lag, steps_per_year, target, threads, chunk, devices):
     layout = Layout(n_lag)
+    forcing = forcing.astype(params.dtype)
 
     def local(q, f):
         if target is not None:
@@ -199,21 +199,18 @@ def simulate_ensemble(
     platform = devices[0].platform
     target = None
     if kernel and platform == "cpu":
-        target = _kernel.target(jax.tree_util.tree_map(lambda x: x[0], params), layout, dtype)
+        target = _kernel.target(params, layout, dtype)
         if target is None and kernel is True:
             raise RuntimeError("the RK4 kernel is not available (no C++ compiler, or the "
                                "build failed); use kernel='auto' or False")
     if chunk == "auto":
         chunk = chunk_size(layout.size, dtype) if platform == "cpu" else None
     threads = max(1, (os.cpu_count() or 1) // len(devices)) if target else 0
-    granule = len(devices) * (_kernel.BLOCK[dtype] if target else 1)
-    if target is None and chunk and B > SMALL_BATCH * len(devices):
-        granule = math.lcm(granule, len(devices) * chunk) if B > chunk * len(devices) else \
-            granule
+    granule = len(devices)
     Bp = bucket_size(B, granule) if bucket else -(-B // granule) * granule
     if Bp != B:
         params = _pad(params, Bp)
-    out = _run(params, forcing.astype(dtype), n_lag=n_lag, steps_per_year=steps_per_year,
+    out = _run(params, forcing, n_lag=n_lag, steps_per_year=steps_per_year,
                target=target, threads=threads, chunk=chunk or None,
                devices=devices if len(devices) > 1 else None)
     return _unpad(out, B) if Bp != B else out

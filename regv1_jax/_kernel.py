@@ -173,16 +173,15 @@ def _scalar_rhs(p_treedef, n_params, d_treedef, n_drivers, layout):
     return f
 
 
-def rhs_source(params, layout: Layout, dtype) -> dict:
+def rhs_source(p_def, layout: Layout, dtype) -> dict:
     """C++ of one right-hand-side evaluation, from ``rate_terms``, split by level.
 
     The loops over lane ``i`` read ``P[j * W + i]`` (parameter leaf ``j``), ``DR[j * W + i]``
     (driver ``j``), ``Y[c * W + i]`` (state component ``c``) and write ``K[c * W + i]``;
     ``pre0`` fills ``H0`` (parameter-only terms), ``pre1`` fills ``H1`` (driver terms).
     """
-    p_leaves, p_def = jax.tree_util.tree_flatten(params)
     d_leaves, d_def = jax.tree_util.tree_flatten(Drivers(*[0.0] * len(Drivers._fields)))
-    n_p, n_d, D = len(p_leaves), len(d_leaves), layout.size
+    n_p, n_d, D = p_def.num_leaves, len(d_leaves), layout.size
     s = jax.ShapeDtypeStruct((), dtype)
     closed = jax.make_jaxpr(_scalar_rhs(p_def, n_p, d_def, n_d, layout))(
         *[s] * (n_p + n_d + D))
@@ -216,6 +215,7 @@ constexpr int NP = @NP@;
 constexpr int ND = @ND@;
 
 constexpr int N0 = @N0@;
+constexpr int64_t MIN_BLOCKS = 8;
 constexpr int N1 = @N1@;
 
 // Parameter-only terms (once per block of members).
@@ -249,14 +249,21 @@ static inline void axpy(const T* __restrict y, const T* __restrict k, T a, T* __
   for (int j = 0; j < D * W; ++j) o[j] = y[j] + a * k[j];
 }
 
-// y0: (D, B); prm: (NP, B); drv: (NY, ND, B); out: (2 NY + 1, D, B).  B % W == 0.
+// Lanes [0, n) of a W-wide block from row ``src`` (stride-free); lanes n..W-1 repeat lane 0
+// (a partial last block computes copies of its first member and writes none of them).
+static inline void load(T* __restrict dst, const T* __restrict src, int64_t n) {
+  std::memcpy(dst, src, n * sizeof(T));
+  for (int64_t i = n; i < W; ++i) dst[i] = src[0];
+}
+
+// y0: (D, B); prm: (NP, B); drv: (NY, ND, B); out: (2 NY + 1, D, B).
 static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> y0, ffi::Buffer<ffi::@FFI@> prm,
                       ffi::Buffer<ffi::@FFI@> drv, ffi::ResultBuffer<ffi::@FFI@> out,
                       int64_t steps, int64_t threads) {
   const int64_t B = y0.dimensions()[1];
   const int64_t NY = drv.dimensions()[0];
   if (y0.dimensions()[0] != D || prm.dimensions()[0] != NP || drv.dimensions()[1] != ND
-      || B % W != 0 || steps < 2 || steps % 2)
+      || prm.dimensions()[1] != B || drv.dimensions()[2] != B || steps < 2 || steps % 2)
     return ffi::Error::InvalidArgument("regv1 rk4 kernel: bad shapes or steps");
   const T* Y0 = y0.typed_data();
   const T* PR = prm.typed_data();
@@ -264,19 +271,21 @@ static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> y0, ffi::Buffer<ffi::@FFI@> prm,
   T* G = out->typed_data();
   const double h = 1.0 / double(steps);
   const T half_h = T(0.5 * h), full_h = T(h), sixth_h = T(h / 6.0), two = T(2.0);
-  const int64_t half = steps / 2, nblocks = B / W;
-  #pragma omp parallel for schedule(static) num_threads(threads > 0 ? threads : 1)
+  const int64_t half = steps / 2, nblocks = (B + W - 1) / W;
+  // A thread gets at least MIN_BLOCKS blocks: on a busy machine waking a second thread for
+  // a few hundred microseconds of work costs more than it saves.
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, nblocks / MIN_BLOCKS)));
+  #pragma omp parallel for schedule(static) num_threads(nt) if(nt > 1)
   for (int64_t b = 0; b < nblocks; ++b) {
     alignas(64) T P[NP * W], DR[ND * W], H0[N0 * W], H1[N1 * W], Y[D * W], Z[D * W];
     alignas(64) T K1[D * W], K2[D * W], K3[D * W], K4[D * W];
-    const int64_t o = b * W;
-    for (int j = 0; j < NP; ++j) std::memcpy(P + j * W, PR + j * B + o, W * sizeof(T));
+    const int64_t o = b * W, n = std::min<int64_t>(W, B - o);
+    for (int j = 0; j < NP; ++j) load(P + j * W, PR + j * B + o, n);
     pre0(P, H0);
-    for (int c = 0; c < D; ++c) std::memcpy(Y + c * W, Y0 + c * B + o, W * sizeof(T));
-    for (int c = 0; c < D; ++c) std::memcpy(G + c * B + o, Y + c * W, W * sizeof(T));
+    for (int c = 0; c < D; ++c) load(Y + c * W, Y0 + c * B + o, n);
+    for (int c = 0; c < D; ++c) std::memcpy(G + c * B + o, Y + c * W, n * sizeof(T));
     for (int64_t yr = 0; yr < NY; ++yr) {
-      for (int j = 0; j < ND; ++j)
-        std::memcpy(DR + j * W, DV + (yr * ND + j) * B + o, W * sizeof(T));
+      for (int j = 0; j < ND; ++j) load(DR + j * W, DV + (yr * ND + j) * B + o, n);
       pre1(P, H0, DR, H1);
       for (int hf = 0; hf < 2; ++hf) {
         for (int64_t s = 0; s < half; ++s) {
@@ -292,7 +301,7 @@ static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> y0, ffi::Buffer<ffi::@FFI@> prm,
             Y[j] = Y[j] + sixth_h * (((K1[j] + two * K2[j]) + two * K3[j]) + K4[j]);
         }
         T* g = G + (2 * yr + 1 + hf) * D * B;
-        for (int c = 0; c < D; ++c) std::memcpy(g + c * B + o, Y + c * W, W * sizeof(T));
+        for (int c = 0; c < D; ++c) std::memcpy(g + c * B + o, Y + c * W, n * sizeof(T));
       }
     }
   }
@@ -314,9 +323,9 @@ CXXFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared
             "-std=c++17")
 
 
-def _source(params, layout, dtype):
+def _source(p_def, layout, dtype):
     dtype = np.dtype(dtype)
-    parts = rhs_source(params, layout, dtype)
+    parts = rhs_source(p_def, layout, dtype)
     ctype, ffi_t = ("float", "F32") if dtype == np.float32 else ("double", "F64")
     src = _DRIVER
     for k, v in dict(CTYPE=ctype, W=BLOCK[dtype], D=layout.size, FFI=ffi_t, **parts).items():
@@ -381,11 +390,22 @@ _HANDLES: list = []
 
 
 def target(params, layout: Layout, dtype) -> str | None:
-    """The FFI target name of the kernel for this model and dtype (built on first use)."""
+    """The FFI target name of the kernel for this model and dtype (built on first use).
+
+    ``params``: a ``Params`` (any leaf shapes) or its treedef.  ``None`` when the kernel
+    cannot be built (no compiler, ``REGV1_NO_KERNEL`` set, an unknown primitive).
+    """
     if os.environ.get("REGV1_NO_KERNEL"):
         return None
+    if not isinstance(params, jax.tree_util.PyTreeDef):
+        params = jax.tree_util.tree_structure(params)
+    return _target(params, layout, np.dtype(dtype))
+
+
+@functools.cache
+def _target(p_def, layout, dtype):
     try:
-        src = _source(params, layout, dtype)
+        src = _source(p_def, layout, dtype)
     except ValueError as e:  # a primitive the generator does not know
         warnings.warn(f"regv1_jax: no RK4 kernel for this model ({e}); using the XLA path",
                       stacklevel=3)
@@ -399,7 +419,7 @@ def available(params, layout: Layout, dtype) -> bool:
 
 def rk4_grid(name: str, y0, prm, drv, steps_per_year: int, threads: int):
     """Call the kernel: ``y0 (D, B)``, ``prm (NP, B)``, ``drv (NY, ND, B)`` -> grid
-    ``(2 NY + 1, D, B)`` (``B`` a multiple of the block width)."""
+    ``(2 NY + 1, D, B)``."""
     D, B = y0.shape
     NY = drv.shape[0]
     out = jax.ShapeDtypeStruct((2 * NY + 1, D, B), y0.dtype)

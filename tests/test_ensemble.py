@@ -92,8 +92,7 @@ def test_kernel_is_the_cpu_default_and_one_custom_call():
         pytest.skip("no C++ compiler: the XLA path is the default")
     draws = _draws(64, jnp.float64)
     f = yanhe_forcing().astype(jnp.float64)
-    target = _kernel.target(jax.tree_util.tree_map(lambda x: x[0], draws), Layout(),
-                            np.dtype(jnp.float64))
+    target = _kernel.target(draws, Layout(), jnp.float64)
     hlo = _ensemble._run.lower(draws, f, n_lag=3, steps_per_year=12, target=target,
                                threads=1, chunk=None, devices=None).compile().as_text()
     # The whole time loop is one call of the generated kernel; no XLA loop over time steps.

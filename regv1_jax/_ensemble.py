@@ -38,11 +38,14 @@ from ._model import N_LAG_DEFAULT, Layout, drivers, initial_state
 from ._params import Params
 from ._solve import NONFINITE, OK, Simulation, _solve_rk4, observe, simulate
 
-__all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "fusions_per_evaluation",
+__all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "loop_body_fusions",
            "SMALL_BATCH"]
 
 # At or below this many members the XLA path vmaps the per-sample solve.
 SMALL_BATCH = 64
+# Fewer members than this per device: one device (on CPU the kernel's threads still use
+# every core); splitting a small batch costs more in synchronisation than it saves.
+SHARD_MIN_PER_DEVICE = 1024
 # Members per XLA chunk per MiB of L2 cache and per state component and byte: tuned on the
 # 2-core AVX-512 CI machine (1 MiB L2 per core): float32 chunks of 1024-2048 ran 25% faster
 # than 4096 (issue 12), i.e. about 16 live (chunk, D) arrays per right-hand side in L2.
@@ -177,7 +180,8 @@ def simulate_ensemble(
       cache on CPU (none on other devices); ``None`` for one whole-batch loop.
     - `kernel`: ``"auto"`` uses the generated C++ kernel on CPU devices when it builds;
       ``False`` forces the XLA path; ``True`` raises if the kernel is unavailable.
-    - `devices`: devices to split the batch over (default ``jax.devices()``).
+    - `devices`: devices to split the batch over (default ``jax.devices()``); a batch of
+      fewer than ``SHARD_MIN_PER_DEVICE`` members per device runs on the first one.
     - `bucket`: pad the batch to a size bucket (one compile per bucket, not per size).
 
     **Returns:**
@@ -196,6 +200,8 @@ def simulate_ensemble(
     dtype = np.dtype(params.dtype)
     layout = Layout(n_lag)
     devices = tuple(jax.devices() if devices is None else devices)
+    if len(devices) > 1 and B < SHARD_MIN_PER_DEVICE * len(devices):
+        devices = devices[:1]
     platform = devices[0].platform
     target = None
     if kernel and platform == "cpu":
@@ -230,16 +236,16 @@ def _computations(hlo_text: str) -> dict[str, list[str]]:
     return comps
 
 
-def fusions_per_evaluation(hlo_text: str, steps_per_year: int) -> float:
-    """Loop kernels (XLA fusions) per right-hand-side evaluation in a compiled ensemble.
+def loop_body_fusions(hlo_text: str) -> int:
+    """Loop kernels (XLA fusions) in the largest ``while`` body of optimised HLO text.
 
-    Counts the fusions in the body of the year loop (the largest ``while`` body) of the
-    optimised HLO text (``jit(f).lower(...).compile().as_text()``) and divides by the
-    ``4 * steps_per_year`` evaluations of a year.  0 when the time loop is not in XLA (the
-    kernel path: one pass per evaluation inside the custom call).
+    For the batch-last XLA path (inner steps unrolled) that body is one year: divide by the
+    ``4 * steps_per_year`` right-hand-side evaluations of a year to get kernels (full passes
+    over the batch) per evaluation.  0 when no time loop runs in XLA (the kernel path: one
+    pass per evaluation inside the custom call).
     """
     comps = _computations(hlo_text)
     bodies = re.findall(r"\bwhile\(.*?body=%?([\w.\-]+)", hlo_text)
     counts = [sum(1 for ln in comps.get(b, []) if re.search(r"= \S+ fusion\(", ln))
               for b in bodies]
-    return max(counts, default=0) / (4 * steps_per_year)
+    return max(counts, default=0)

@@ -161,18 +161,27 @@ def check_peers(space, forcing, layout, S, key):
     return out
 
 
-def interleaved(cands, repeats, max_seconds):
-    """Median wall time per candidate over ``repeats`` rounds, each timing every candidate."""
+def interleaved(cands, repeats, max_seconds, cpu=None):
+    """Median wall time per candidate over ``repeats`` rounds, each timing every candidate.
+
+    ``cpu`` (a dict) receives the median process CPU time (all threads) per candidate: on a
+    shared machine ``n / cpu_s`` holds up better than wall time.
+    """
     import numpy as np
 
     times = {k: [] for k in cands}
+    cpus = {k: [] for k in cands}
     for i in range(repeats):
         for k, fn in cands.items():
             if i > 0 and times[k] and times[k][0] > max_seconds:
                 continue
+            c = time.process_time()
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
+            cpus[k].append(time.process_time() - c)
+    if cpu is not None:
+        cpu.update({k: float(np.median(v)) for k, v in cpus.items()})
     return {k: (float(np.median(v)), float(np.min(v)), len(v)) for k, v in times.items()}
 
 
@@ -287,16 +296,19 @@ def run(args):
                 failed = int(np.sum(np.asarray(out.status) != 0))
                 compile_s[k + "_failed"] = failed
         timed = {k: (lambda fn=fn: jax.block_until_ready(fn())) for k, fn in cands.items()}
-        med = interleaved(timed, args.repeats, args.max_seconds)
+        cpu = {}
+        med = interleaved(timed, args.repeats, args.max_seconds, cpu)
         row = dict(n=n)
         for k, (m, best, reps) in med.items():
             case = dict(name=k, n=n, run_s=m, best_run_s=best, repeats=reps,
-                        solves_per_s=n / m, best_solves_per_s=n / best,
+                        solves_per_s=n / m, best_solves_per_s=n / best, cpu_s=cpu[k],
+                        solves_per_cpu_s=n / max(cpu[k], 1e-9),
                         first_call_s=compile_s[k], failed=compile_s.get(k + "_failed"))
             result["cases"].append(case)
             row[k] = n / m
             print(f"  {k:<16s} n={n:>7d}  first call {compile_s[k]:6.2f} s  median "
-                  f"{m * 1e3:10.2f} ms  {n / m:10.0f} solves/s  (best {n / best:10.0f})",
+                  f"{m * 1e3:10.2f} ms  {n / m:10.0f} solves/s  (best {n / best:10.0f}, "
+                  f"{n / max(cpu[k], 1e-9):10.0f} per cpu-s)",
                   flush=True)
         for peer in ("numpy_rk4", "numba_rk4", "vmap_rk4"):
             if peer in row and "ensemble" in row:

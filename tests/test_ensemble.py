@@ -87,6 +87,15 @@ def test_ensemble_equals_simulate_rk4_float32(opts):
     _assert_agree(ens, ref, rtol=1e-5, atol_rel=1e-5)
 
 
+def test_kernel_in_chunks_equals_simulate_rk4(monkeypatch):
+    if not _has_kernel(jnp.float64):
+        pytest.skip("no C++ compiler")
+    monkeypatch.setattr(_ensemble, "KERNEL_CHUNK", 32)  # 48 members: 3 chunks of 16
+    assert _ensemble._kernel_chunk(48) == 16
+    draws, f, ref = _case(48, "float64", 8)
+    _assert_agree(r.simulate_ensemble(draws, f), ref, rtol=1e-12, atol_rel=1e-12)
+
+
 def test_kernel_is_the_cpu_default_and_one_custom_call():
     if not _has_kernel(jnp.float64):
         pytest.skip("no C++ compiler: the XLA path is the default")
@@ -121,7 +130,8 @@ def test_batch_sizes_in_one_bucket_compile_once():
     assert _ensemble.bucket_size(77, 32) == 96
     for n in (1, 7, 100, 999, 12345, 10**6):
         b = _ensemble.bucket_size(n)
-        assert n <= b <= 1.25 * n + 1
+        assert n <= b <= 1.125 * n + 1
+    assert _ensemble._kernel_chunk(106496) == 8192 and _ensemble._kernel_chunk(1024) is None
     f = yanhe_forcing()
     before = _ensemble._run._cache_size()
     a = r.simulate_ensemble(_draws(1000, jnp.float64, seed=1), f)

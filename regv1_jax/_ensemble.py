@@ -75,6 +75,14 @@ def _l2_bytes() -> int:
         return 1 << 20
 
 
+def _cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
 def chunk_size(n_state: int, dtype) -> int:
     """Members per chunk of the XLA path on CPU: a power of two sized to the L2 cache."""
     c = _l2_bytes() // (n_state * np.dtype(dtype).itemsize * _LIVE_ARRAYS)
@@ -233,7 +241,7 @@ def simulate_ensemble(
                                "build failed); use kernel='auto' or False")
     if chunk == "auto":
         chunk = chunk_size(layout.size, dtype) if platform == "cpu" else None
-    threads = max(1, (os.cpu_count() or 1) // len(devices)) if target else 0
+    threads = max(1, _cores() // len(devices)) if target else 0
     granule = len(devices)
     Bp = bucket_size(B, granule) if bucket else -(-B // granule) * granule
     if Bp != B:

@@ -140,15 +140,20 @@ def _numba_kernel():
 
 
 def numba_rk4(params, forcing, layout: Layout, steps_per_year=12, dtype=np.float32):
-    """RK4 per member with numba, members over cores (``prange``)."""
+    """RK4 per member with numba, members over cores (``prange``).
+
+    Scalar code gains nothing from float32 (no SIMD across members) and loses to the
+    float32/float64 conversions of its float literals, so the peer always computes in
+    float64 and returns ``dtype`` (its float32 row is its best float32 answer).
+    """
     rk4 = _numba_kernel()
-    p = _numpy_params(params, dtype)
+    p = _numpy_params(params, np.float64)
     prm = np.ascontiguousarray(np.stack([getattr(p, k) for k in PARAM_NAMES]))
     y0 = np.ascontiguousarray(np.stack(
-        [np.asarray(c, dtype=dtype) for c in initial_state(p, layout, xp=np)]))
+        [np.asarray(c, dtype=np.float64) for c in initial_state(p, layout, xp=np)]))
     f = forcing.numpy()
-    cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
-    out = np.empty((2 * f.n_years + 1,) + y0.shape, dtype=dtype)
+    cast = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    out = np.empty((2 * f.n_years + 1,) + y0.shape, dtype=np.float64)
     rk4(prm, y0, cast(f.rainfall), cast(f.intensity), cast(f.psi_plant), cast(f.psi_eng),
         steps_per_year, layout.n_lag, out)
-    return out
+    return out.astype(dtype, copy=False)

@@ -7,7 +7,7 @@ import platform
 import socket
 import sys
 
-PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "optax", "numpy", "scipy", "SALib")
+PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "optax", "numpy", "scipy", "SALib", "numba")
 
 
 def machine_info() -> dict:

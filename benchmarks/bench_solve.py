@@ -1,35 +1,34 @@
-"""Forward-ensemble throughput of ``regv1_jax.simulate`` against scipy ``solve_ivp``.
+"""Forward-ensemble throughput: ``simulate_ensemble`` against numpy, numba, scipy, diffrax.
 
-    python benchmarks/bench_solve.py [--sizes 1,1000,10000,100000] [--dtype float32|float64]
-                                     [--steps-per-year 12] [--out benchmarks/results/...json]
+    python benchmarks/bench_solve.py [--sizes 1000,10000,100000] [--dtype float32|float64]
+                                     [--repeats 5] [--out benchmarks/results/...json]
 
-What is timed (LoessPlateau prior draws, Grain-for-Green planting, 1995-2015 = 21 years):
+The problem: LoessPlateau prior draws (``space.sample_prior``), Grain-for-Green planting,
+1995-2015 = 21 years, fixed-step RK4 with 12 steps per year, annual outputs.
 
-* ``jax_rk4``: the library's ensemble path,
-  ``jax.jit(jax.vmap(lambda q: simulate(q, forcing, method="rk4", steps_per_year=S)))``;
-  compile time (lower + compile) is reported apart, then one warm-up call, then the best of
-  several repeats, each ending in ``block_until_ready``.
-* ``jax_ensemble``: ``regv1_jax.simulate_ensemble`` (where the library has it): the same RK4
-  with the batch on the last axis, in cache-sized chunks; ``..._sharded<k>`` splits the
-  batch over the ``k`` CPU devices (one per core) with ``shard_map``.
-* ``jax_rk4_db_fast`` (``--variants``, on by default): the candidate from
-  ``benchmarks/rk4_variants.py`` - batch on the last axis, cheap transcendentals, hoisted
-  constants - on one XLA device, and ``..._chunked_sharded`` with the batch split over every
-  CPU device (the script asks XLA for one host device per core unless ``XLA_FLAGS`` already
-  sets it) and run in cache-sized chunks (``--chunk``) on each.
-* ``diffrax_tsit5_vmap``: the adaptive diffrax path vmapped naively over ``--naive-size``
-  draws (default tolerances of the dtype).
-* the peer: scipy ``solve_ivp`` on the numpy right-hand side (``vector_field_numpy``, fed
-  plain namespaces rather than ``eqx.Module``s, which halves its cost),
-  restarted at every year boundary as a user must with yearly forcings, ``RK45`` at
-  rtol 1e-6 / atol 1e-9 and ``LSODA`` at the same tolerances, timed on ``--scipy-sample``
-  draws and scaled linearly to every ensemble size.
-* accuracy, on ``--accuracy-draws`` draws: the rk4 path (and the scipy peers) against a
-  tight float64 diffrax Tsit5 solve (rtol 1e-10, atol 1e-12): max relative error of the
-  annual runoff and of mid-year V.
+Rows (all in one run; the candidates of one size are *interleaved*: every repeat times each
+candidate once, and the table holds the median of the repeats, so that load from other
+processes on a shared machine hits every row alike):
 
-The JSON result holds the machine, the JAX devices, the dtype, the package versions and all
-the numbers; a table is printed.
+* ``ensemble``: ``regv1_jax.simulate_ensemble(draws, forcing)``, the default call (on CPU
+  the generated C++ kernel; the batch split over every XLA device; see ``_ensemble.py``).
+  The script exposes one XLA host device per core unless ``XLA_FLAGS`` says otherwise.
+* ``ensemble_1dev``: the same on one device (the kernel's OpenMP threads use the cores).
+* ``ensemble_xla``: ``simulate_ensemble(..., kernel=False)``: the pure-XLA path (batch-last
+  state in ``lax.scan``, L2-sized chunks, sharded) - what a GPU runs.
+* ``vmap_rk4``: ``jax.jit(jax.vmap(lambda q: simulate(q, forcing, method="rk4")))``.
+* ``numpy_rk4``: RK4 vectorised over the batch with numpy on ``rate_terms(xp=numpy)``.
+* ``numba_rk4``: RK4 per member with a hand-written numba right-hand side, ``prange``.
+  Both peers are first checked against ``simulate_ensemble`` on the same members (float64,
+  1e-6 relative): a model change that the peers miss stops the benchmark.
+* ``diffrax_tsit5_vmap``: adaptive diffrax Tsit5 vmapped naively (``--naive-size`` draws).
+* ``scipy_RK45``, ``scipy_LSODA``: ``solve_ivp`` per member, restarted every year
+  (``--scipy-sample`` draws, scaled linearly).
+
+Also: small-batch latency of the default call (B = 1 and 64, median of many calls after
+compilation), compile times, the loop fusions per right-hand-side evaluation of the XLA path,
+accuracy against a tight float64 Tsit5 solve.  The JSON holds the machine, the devices, the
+XLA flags, the versions, the load average before and after, and every number.
 """
 
 from __future__ import annotations
@@ -49,10 +48,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _ensure_host_devices():
-    """One XLA host device per core, so that the sharded variant can use every core.
-
-    This must happen before jax is imported; an explicit XLA_FLAGS setting wins.
-    """
+    """One XLA host device per core (before jax is imported); an explicit XLA_FLAGS wins."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         n = os.cpu_count() or 1
@@ -61,61 +57,26 @@ def _ensure_host_devices():
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1,1000,10000,100000",
-                    help="comma-separated ensemble sizes (default 1,1000,10000,100000)")
+    ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--steps-per-year", type=int, default=12)
     ap.add_argument("--out", default=None, help="JSON path (default "
                     "benchmarks/results/solve_<host>_<device>_<dtype>.json)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (best is kept)")
-    ap.add_argument("--max-seconds", type=float, default=20.0,
-                    help="stop repeating a case once this much time was spent on it")
-    ap.add_argument("--scipy-sample", type=int, default=50)
-    ap.add_argument("--naive-size", type=int, default=1000,
-                    help="draws for the naive vmap of adaptive diffrax Tsit5 (0 to skip)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats (median kept)")
+    ap.add_argument("--max-seconds", type=float, default=30.0,
+                    help="a candidate slower than this per call is timed once")
+    ap.add_argument("--latency-calls", type=int, default=200)
+    ap.add_argument("--scipy-sample", type=int, default=30)
+    ap.add_argument("--naive-size", type=int, default=1000)
     ap.add_argument("--accuracy-draws", type=int, default=8)
-    ap.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time the candidate variants of benchmarks/rk4_variants.py")
-    ap.add_argument("--chunk", type=int, default=4096,
-                    help="chunk size (per device) of the chunked, sharded variant")
+    ap.add_argument("--skip", default="", help="comma list of rows to leave out")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
 
 # --------------------------------------------------------------------------------------------
-# machine / versions
+# helpers
 # --------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------
-# timing helpers
-# --------------------------------------------------------------------------------------------
-def time_compiled(fn, args, repeats, max_seconds):
-    """Compile ``fn`` (a jitted callable) for ``args``.
-
-    Returns ``(compile_s, best_wall_s, best_cpu_s, out)``: the best wall time of the repeats,
-    and the least process CPU time (all threads) of a repeat.  On a shared machine the CPU
-    time is the contention-robust figure: ``n / cpu_s`` is the throughput per busy core.
-    """
-    import jax
-
-    t = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - t
-    out = jax.block_until_ready(compiled(*args))  # warm-up
-    best = best_cpu = float("inf")
-    spent = 0.0
-    for _ in range(max(1, repeats)):
-        c = time.process_time()
-        t = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        dt = time.perf_counter() - t
-        best_cpu = min(best_cpu, time.process_time() - c)
-        best = min(best, dt)
-        spent += dt
-        if spent > max_seconds:
-            break
-    return compile_s, best, best_cpu, out
-
-
 def light_inputs(p_np, f_np):
     """Parameters and forcing in plain namespaces for the scipy peer.
 
@@ -169,6 +130,61 @@ def max_rel(a, b):
     return float(np.nanmax(np.abs(a - b) / np.abs(b)))
 
 
+def grid_outputs(ys, layout):
+    """Annual runoff and mid-year V from grids ``(G, D, B)``: ``(B, years)`` each."""
+    import numpy as np
+
+    ys = np.asarray(ys, dtype=np.float64)
+    return dict(V=ys[1::2, layout.V].T, runoff=(ys[2::2, layout.Q] - ys[0:-1:2, layout.Q]).T)
+
+
+def check_peers(space, forcing, layout, S, key):
+    """The numpy and numba peers must solve the library's model: float64, 1e-6 relative."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import peers
+
+    import regv1_jax as r
+
+    d = space.sample_prior(jax.random.fold_in(key, 17), 16, dtype=jnp.float64)
+    lib = r.simulate_ensemble(d, forcing, steps_per_year=S)
+    out = {}
+    for name, fn in (("numpy_rk4", peers.numpy_rk4), ("numba_rk4", peers.numba_rk4)):
+        g = grid_outputs(fn(d, forcing, layout, S, np.float64), layout)
+        err = max(max_rel(g[k], getattr(lib, k)) for k in ("V", "runoff"))
+        out[name] = err
+        if not err < 1e-6:
+            raise SystemExit(f"{name} disagrees with simulate_ensemble (max rel {err:.2e}): "
+                             "the peer no longer solves the library's model; update "
+                             "benchmarks/peers.py before timing it")
+    return out
+
+
+def interleaved(cands, repeats, max_seconds, cpu=None):
+    """Median wall time per candidate over ``repeats`` rounds, each timing every candidate.
+
+    ``cpu`` (a dict) receives the median process CPU time (all threads) per candidate: on a
+    shared machine ``n / cpu_s`` holds up better than wall time.
+    """
+    import numpy as np
+
+    times = {k: [] for k in cands}
+    cpus = {k: [] for k in cands}
+    for i in range(repeats):
+        for k, fn in cands.items():
+            if i > 0 and times[k] and times[k][0] > max_seconds:
+                continue
+            c = time.process_time()
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+            cpus[k].append(time.process_time() - c)
+    if cpu is not None:
+        cpu.update({k: float(np.median(v)) for k, v in cpus.items()})
+    return {k: (float(np.median(v)), float(np.min(v)), len(v)) for k, v in times.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
@@ -179,15 +195,17 @@ def run(args):
 
     jax.config.update("jax_enable_x64", True)  # the accuracy reference is float64
 
+    import peers
+
     import regv1_jax as r
+    from regv1_jax import _ensemble
     from regv1_jax._model import Layout
 
-    sys.path.insert(0, str(HERE))
-    import rk4_variants as variants
-
     dtype = jnp.float32 if args.dtype == "float32" else jnp.float64
+    np_dtype = np.float32 if args.dtype == "float32" else np.float64
     S = args.steps_per_year
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    skip = set(filter(None, args.skip.split(",")))
     space = r.load_param_space("LoessPlateau")
     forcing = r.make_forcing(1995, 2015, rainfall=450.0, intensity=1.0,
                              psi_plant=r.grain_for_green(1995, 2015))
@@ -199,66 +217,120 @@ def run(args):
 
     result = dict(
         benchmark="regv1_jax forward ensemble, LoessPlateau prior, Grain for Green, 1995-2015",
-        n_years=forcing.n_years,
-        dtype=args.dtype,
-        steps_per_year=S,
-        **run_header(),
-        cases=[],
-    )
+        n_years=forcing.n_years, dtype=args.dtype, steps_per_year=S, **run_header(),
+        timing=f"candidates interleaved, median of {args.repeats} repeats (min also kept); "
+               "the machine may be shared: see loadavg_start/loadavg_end",
+        cases=[])
     print(f"# {result['machine']['cpu_model']}, {result['machine']['cpu_count']} cores, "
           f"jax {result['versions']['jax']} on {result['jax_backend']} ({n_dev} device(s)), "
           f"{args.dtype}, rk4 {S} steps/yr, load {result['loadavg_start']}", flush=True)
 
-    def record(name, n, compile_s, best_s, cpu_s, out=None, **extra):
-        case = dict(name=name, n=n, compile_s=compile_s, run_s=best_s, cpu_s=cpu_s,
-                    solves_per_s=n / best_s, solves_per_cpu_s=n / max(cpu_s, 1e-9), **extra)
-        if out is not None:
-            status = np.asarray(out.status)
-            case["failed"] = int(np.sum(status != 0))
-        result["cases"].append(case)
-        print(f"  {name:<26s} n={n:>7d}  compile {compile_s:6.2f} s  run {best_s * 1e3:10.2f} ms"
-              f"  {n / best_s:10.0f} solves/s  ({case['solves_per_cpu_s']:8.0f} per cpu-s)"
-              + (f"  failed {case.get('failed', 0)}" if out is not None else ""), flush=True)
-        return case
+    # ---- the peers solve the library's model ---------------------------------------------
+    result["peer_check_max_rel"] = check_peers(space, forcing, layout, S, key)
+    print(f"  peers agree with simulate_ensemble: {result['peer_check_max_rel']}", flush=True)
 
-    # ---- the library rk4 ensemble path ---------------------------------------------------
-    lib = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S)))
-    db_fast = jax.jit(lambda q: variants.simulate_db(q, f_dt, steps_per_year=S, fast=True))
-    db_fast_sh = jax.jit(variants.sharded(variants.chunked(
-        lambda q: variants.simulate_db(q, f_dt, steps_per_year=S, fast=True), args.chunk)))
-    has_ens = hasattr(r, "simulate_ensemble")
-    if has_ens:
-        ens = jax.jit(lambda q: r.simulate_ensemble(q, f_dt, steps_per_year=S))
-        ens_sh = jax.jit(variants.sharded(
-            lambda q: r.simulate_ensemble(q, f_dt, steps_per_year=S)))
+    # ---- loop kernels per right-hand-side evaluation --------------------------------------
+    probe = space.sample_prior(jax.random.fold_in(key, 3), 1024, dtype=dtype)
+    hlo = _ensemble._run.lower(probe, f_dt, n_lag=3, steps_per_year=S, target=None, threads=0,
+                               chunk=None, devices=None).compile().as_text()
+    vm_hlo = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S))
+                     ).lower(probe).compile().as_text()
+    from regv1_jax import _kernel
+
+    target = _kernel.target(probe, layout, dtype)
+    result["fusions_per_rhs_evaluation"] = dict(
+        xla_batch_last=_ensemble.loop_body_fusions(hlo) / (4 * S),  # body = one year
+        vmap_rk4=_ensemble.loop_body_fusions(vm_hlo) / 4,  # body = one RK4 step
+        kernel="one pass over each block of members per evaluation (generated C++; the time "
+               "loop is one XLA custom call)" if target else "kernel not available")
+    print(f"  loop fusions per rhs evaluation: {result['fusions_per_rhs_evaluation']}",
+          flush=True)
+    del probe, hlo, vm_hlo
+
+    # ---- small-batch latency of the default call -----------------------------------------
+    lat = {}
+    for n in (1, 64):
+        d = space.sample_prior(jax.random.fold_in(key, 100 + n), n, dtype=dtype)
+        t = time.perf_counter()
+        jax.block_until_ready(r.simulate_ensemble(d, forcing, steps_per_year=S))
+        first = time.perf_counter() - t
+        ts = []
+        for _ in range(args.latency_calls):
+            t = time.perf_counter()
+            jax.block_until_ready(r.simulate_ensemble(d, forcing, steps_per_year=S))
+            ts.append(time.perf_counter() - t)
+        lat[str(n)] = dict(first_call_s=first, median_ms=1e3 * float(np.median(ts)),
+                           p10_ms=1e3 * float(np.percentile(ts, 10)),
+                           p90_ms=1e3 * float(np.percentile(ts, 90)))
+        print(f"  latency B={n:<3d}: median {lat[str(n)]['median_ms']:.3f} ms "
+              f"(p10 {lat[str(n)]['p10_ms']:.3f}, p90 {lat[str(n)]['p90_ms']:.3f}; first call "
+              f"with compile {first:.2f} s)", flush=True)
+    result["latency"] = lat
+
+    # ---- throughput, interleaved ---------------------------------------------------------
+    vmap_rk4 = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S)))
+    one = devices[:1]
+    rows = []
     for n in sizes:
-        draws = space.sample_prior(jax.random.fold_in(key, n), n, dtype=dtype)
-        c, b, cpu, out = time_compiled(lib, (draws,), args.repeats, args.max_seconds)
-        record("jax_rk4", n, c, b, cpu, out)
-        if has_ens:
-            c, b, cpu, out = time_compiled(ens, (draws,), args.repeats, args.max_seconds)
-            record("jax_ensemble", n, c, b, cpu, out)
-            if n_dev > 1 and n % n_dev == 0:
-                c, b, cpu, out = time_compiled(ens_sh, (draws,), args.repeats,
-                                               args.max_seconds)
-                record(f"jax_ensemble_sharded{n_dev}", n, c, b, cpu, out, devices=n_dev)
-        if args.variants:
-            c, b, cpu, out = time_compiled(db_fast, (draws,), args.repeats, args.max_seconds)
-            record("jax_rk4_db_fast", n, c, b, cpu, out)
-            if n_dev > 1 and n % n_dev == 0:
-                c, b, cpu, out = time_compiled(db_fast_sh, (draws,), args.repeats, args.max_seconds)
-                record(f"jax_rk4_db_fast_chunked_sharded{n_dev}", n, c, b, cpu, out,
-                       devices=n_dev, chunk=args.chunk)
-        del draws, out
+        d = space.sample_prior(jax.random.fold_in(key, n), n, dtype=dtype)
+        cands = {
+            "ensemble": lambda: r.simulate_ensemble(d, forcing, steps_per_year=S),
+            "ensemble_1dev": lambda: r.simulate_ensemble(d, forcing, steps_per_year=S,
+                                                         devices=one),
+            "ensemble_xla": lambda: r.simulate_ensemble(d, forcing, steps_per_year=S,
+                                                        kernel=False),
+            "vmap_rk4": lambda: vmap_rk4(d),
+            "numpy_rk4": lambda: peers.numpy_rk4(d, forcing, layout, S, np_dtype),
+            "numba_rk4": lambda: peers.numba_rk4(d, forcing, layout, S, np_dtype),
+        }
+        if n_dev == 1:
+            del cands["ensemble_1dev"]
+        cands = {k: v for k, v in cands.items() if k not in skip}
+        compile_s = {}
+        for k, fn in cands.items():  # compile + warm up (numba compiles on first call)
+            t = time.perf_counter()
+            out = fn()
+            jax.block_until_ready(out)
+            compile_s[k] = time.perf_counter() - t
+            if hasattr(out, "status"):
+                failed = int(np.sum(np.asarray(out.status) != 0))
+                compile_s[k + "_failed"] = failed
+        timed = {k: (lambda fn=fn: jax.block_until_ready(fn())) for k, fn in cands.items()}
+        cpu = {}
+        med = interleaved(timed, args.repeats, args.max_seconds, cpu)
+        row = dict(n=n)
+        for k, (m, best, reps) in med.items():
+            case = dict(name=k, n=n, run_s=m, best_run_s=best, repeats=reps,
+                        solves_per_s=n / m, best_solves_per_s=n / best, cpu_s=cpu[k],
+                        solves_per_cpu_s=n / max(cpu[k], 1e-9),
+                        first_call_s=compile_s[k], failed=compile_s.get(k + "_failed"))
+            result["cases"].append(case)
+            row[k] = n / m
+            print(f"  {k:<16s} n={n:>7d}  first call {compile_s[k]:6.2f} s  median "
+                  f"{m * 1e3:10.2f} ms  {n / m:10.0f} solves/s  (best {n / best:10.0f}, "
+                  f"{n / max(cpu[k], 1e-9):10.0f} per cpu-s)",
+                  flush=True)
+        for peer in ("numpy_rk4", "numba_rk4", "vmap_rk4"):
+            if peer in row and "ensemble" in row:
+                row[f"ensemble/{peer}"] = row["ensemble"] / row[peer]
+        rows.append(row)
+        del d, cands, timed
 
     # ---- naive vmap of adaptive diffrax --------------------------------------------------
-    if args.naive_size > 0:
+    if args.naive_size > 0 and "diffrax" not in skip:
         n = args.naive_size
-        draws = space.sample_prior(jax.random.fold_in(key, 7), n, dtype=dtype)
+        d = space.sample_prior(jax.random.fold_in(key, 7), n, dtype=dtype)
         naive = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="tsit5")))
-        c, b, cpu, out = time_compiled(naive, (draws,), min(args.repeats, 3), args.max_seconds)
-        record("diffrax_tsit5_vmap", n, c, b, cpu, out,
-               note="adaptive Tsit5, default tolerances of the dtype, vmapped")
+        t = time.perf_counter()
+        jax.block_until_ready(naive(d))
+        first = time.perf_counter() - t
+        m, best, reps = interleaved({"x": lambda: jax.block_until_ready(naive(d))}, 3,
+                                    args.max_seconds)["x"]
+        result["cases"].append(dict(name="diffrax_tsit5_vmap", n=n, run_s=m, best_run_s=best,
+                                    solves_per_s=n / m, first_call_s=first,
+                                    note="adaptive Tsit5, default tolerances, vmapped"))
+        result["diffrax_tsit5_vmap_solves_per_s"] = n / m
+        print(f"  diffrax_tsit5_vmap n={n}: {n / m:.0f} solves/s", flush=True)
 
     # ---- the scipy peer ------------------------------------------------------------------
     from regv1_jax._model import initial_state, vector_field_numpy
@@ -269,20 +341,15 @@ def run(args):
     p_list = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i], dtype=np.float64), sample)
               for i in range(m)]
     light = [light_inputs(p_np, f_np) for p_np in p_list]
-    # The light containers must give the very same right-hand side.
     y0 = initial_state(p_list[0], layout, xp=np)
     assert np.array_equal(vector_field_numpy(0.5, y0, p_list[0], f_np, layout),
                           vector_field_numpy(0.5, y0, *light[0], layout))
-    t = time.perf_counter()
-    reps = 200
-    for _ in range(reps):
-        vector_field_numpy(0.5, y0, *light[0], layout)
-    rhs_us = (time.perf_counter() - t) / reps * 1e6
     scipy_rates = {}
     for method in ("RK45", "LSODA"):
+        if "scipy" in skip:
+            break
         failed = 0
         stats = {}
-        c0 = time.process_time()
         t = time.perf_counter()
         for p_l, f_l in light:
             try:
@@ -290,19 +357,18 @@ def run(args):
             except RuntimeError:
                 failed += 1
         dt = time.perf_counter() - t
-        cpu = time.process_time() - c0
-        rate = m / dt
-        scipy_rates[method] = rate
-        nfev = stats.get("nfev", 0) / m
-        result["cases"].append(dict(name=f"scipy_{method}", n=m, compile_s=0.0, run_s=dt,
-                                    solves_per_s=rate, cpu_s=cpu, solves_per_cpu_s=m / cpu,
+        scipy_rates[method] = m / dt
+        result["cases"].append(dict(name=f"scipy_{method}", n=m, run_s=dt, solves_per_s=m / dt,
                                     failed=failed, rtol=1e-6, atol=1e-9,
-                                    rhs_evals_per_solve=nfev, rhs_us=rhs_us,
-                                    note="one solve_ivp per year; timed on the sample, "
-                                         "scaled linearly to each size"))
-        print(f"  scipy {method:<20s} n={m:>7d}  run {dt:8.2f} s  {rate:12.1f} solves/s  "
-              f"({dt / m * 1e3:.1f} ms/solve, {nfev:.0f} rhs evals of {rhs_us:.0f} us)",
-              flush=True)
+                                    rhs_evals_per_solve=stats.get("nfev", 0) / m,
+                                    note="one solve_ivp per year, float64; timed on the "
+                                         "sample, scaled linearly to each size"))
+        print(f"  scipy {method:<10s} n={m}: {m / dt:.1f} solves/s", flush=True)
+    for row in rows:
+        for method, rate in scipy_rates.items():
+            row[f"scipy_{method}"] = rate
+            if "ensemble" in row:
+                row[f"ensemble/scipy_{method}"] = row["ensemble"] / rate
 
     # ---- accuracy ------------------------------------------------------------------------
     k = args.accuracy_draws
@@ -310,87 +376,46 @@ def run(args):
     tight = jax.jit(jax.vmap(lambda q: r.simulate(q, forcing.astype(jnp.float64),
                                                   method="tsit5", rtol=1e-10, atol=1e-12)))
     ref = tight(acc_draws)
-    rk4 = lib(acc_draws.astype(dtype))
-    acc = dict(reference="diffrax tsit5 float64 rtol 1e-10 atol 1e-12", draws=k,
-               rk4=dict(runoff=max_rel(rk4.runoff, ref.runoff), V=max_rel(rk4.V, ref.V)))
-    if has_ens:
-        v = ens(acc_draws.astype(dtype))
-        acc["ensemble"] = dict(runoff=max_rel(v.runoff, ref.runoff), V=max_rel(v.V, ref.V))
-    if args.variants:
-        v = db_fast(acc_draws.astype(dtype))
-        acc["rk4_db_fast"] = dict(runoff=max_rel(v.runoff, ref.runoff), V=max_rel(v.V, ref.V))
-    for method in ("RK45", "LSODA"):
-        errs_q, errs_v = [], []
-        for i in range(k):
-            p_np = jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), acc_draws)
-            ys = scipy_yearly_grid(*light_inputs(p_np, f_np), layout, method, 1e-6, 1e-9)
-            a = annual_from_grid(ys, p_np, f_np, layout)
-            errs_q.append(max_rel(a["runoff"], ref.runoff[i]))
-            errs_v.append(max_rel(a["V"], ref.V[i]))
-        acc[f"scipy_{method}"] = dict(runoff=max(errs_q), V=max(errs_v))
-    result["accuracy"] = acc
-    print("  accuracy (max rel. error vs tight float64 Tsit5):", flush=True)
-    for name, e in acc.items():
-        if isinstance(e, dict):
-            print(f"    {name:<22s} runoff {e['runoff']:.2e}   V {e['V']:.2e}")
+    ens = r.simulate_ensemble(acc_draws.astype(dtype), forcing, steps_per_year=S)
+    vm = vmap_rk4(acc_draws.astype(dtype))
+    result["accuracy"] = dict(
+        reference="diffrax tsit5 float64 rtol 1e-10 atol 1e-12", draws=k,
+        ensemble=dict(runoff=max_rel(ens.runoff, ref.runoff), V=max_rel(ens.V, ref.V)),
+        vmap_rk4=dict(runoff=max_rel(vm.runoff, ref.runoff), V=max_rel(vm.V, ref.V)),
+        ensemble_vs_vmap_rk4=dict(runoff=max_rel(ens.runoff, vm.runoff),
+                                  V=max_rel(ens.V, vm.V)))
+    print(f"  accuracy: {result['accuracy']}", flush=True)
 
-    # ---- summary table -------------------------------------------------------------------
-    rows = []
-    by = {(c["name"], c["n"]): c for c in result["cases"]}
-    jax_names = sorted({c["name"] for c in result["cases"] if c["name"].startswith("jax_")},
-                       key=lambda s: (len(s), s))
-    for n in sizes:
-        row = dict(n=n)
-        for name in jax_names:
-            if (name, n) in by:
-                row[name] = by[(name, n)]["solves_per_s"]
-                row[f"{name}_per_cpu_s"] = by[(name, n)]["solves_per_cpu_s"]
-        for method, rate in scipy_rates.items():
-            row[f"scipy_{method}"] = rate
-            row[f"scipy_{method}_time_s"] = n / rate
-            if "jax_rk4" in row:
-                row[f"speedup_jax_rk4_vs_{method}"] = row["jax_rk4"] / rate
-        rows.append(row)
+    # ---- summary -------------------------------------------------------------------------
     result["summary"] = rows
-    best = max((c for c in result["cases"] if c["name"].startswith("jax_")),
-               key=lambda c: c["solves_per_s"])
-    result["goal"] = dict(target_solves_per_s=200_000, dtype=args.dtype,
-                          best_case=best["name"], best_n=best["n"],
-                          best_solves_per_s=best["solves_per_s"],
-                          met=best["solves_per_s"] >= 200_000)
+    goal = 300_000 if args.dtype == "float32" else 150_000
+    big = [row for row in rows if row["n"] == max(sizes)][0]
+    result["goal"] = dict(target_solves_per_s=goal, dtype=args.dtype, n=big["n"],
+                          ensemble_solves_per_s=big.get("ensemble"),
+                          met=bool(big.get("ensemble", 0) >= goal),
+                          ratio_to_numpy=big.get("ensemble/numpy_rk4"),
+                          ratio_met=bool(big.get("ensemble/numpy_rk4", 0) >= 10))
     result["loadavg_end"] = loadavg()
-
-    print()
-    head = ["n"] + jax_names + [f"scipy_{m}" for m in scipy_rates] + \
-        [f"jax_rk4/scipy_{m}" for m in scipy_rates]
-    widths = [max(len(h), 9) for h in head]
-    print(" | ".join(f"{h:>{w}s}" for h, w in zip(head, widths)))
-    for row in rows:
-        vals = [row["n"]] + [row.get(nm, float("nan")) for nm in jax_names] + \
-            [row[f"scipy_{m}"] for m in scipy_rates] + \
-            [row.get(f"speedup_jax_rk4_vs_{m}", float("nan")) for m in scipy_rates]
-        cells = [f"{val:>{w}.0f}" if isinstance(val, float) and val >= 100 else
-                 (f"{val:>{w}.2f}" if isinstance(val, float) else f"{val:>{w}d}")
-                 for val, w in zip(vals, widths)]
-        print(" | ".join(cells))
     print()
     print(markdown_table(result))
-    print(f"\nbest: {best['name']} at n={best['n']}: {best['solves_per_s']:.0f} solves/s "
-          f"({args.dtype}); goal 200000/s {'met' if result['goal']['met'] else 'not met'}; "
+    print(f"\ngoal: {goal} solves/s at n={big['n']} ({args.dtype}): "
+          f"{big.get('ensemble', 0):.0f} -> {'met' if result['goal']['met'] else 'not met'}; "
           f"load {result['loadavg_start']} -> {result['loadavg_end']}")
     return result
 
 
 def markdown_table(result):
-    """The summary as a markdown table (solves/s; the README pastes it)."""
+    """The summary as a markdown table (solves/s, medians; the README pastes it)."""
     rows = result["summary"]
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    names = [k for k in keys if k.startswith("jax_") and not k.endswith("_per_cpu_s")]
-    names += [k for k in keys if k.startswith("scipy_") and not k.endswith("_time_s")]
-    lines = ["| n | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    names = [k for k in dict.fromkeys(k for row in rows for k in row)
+             if k != "n" and "/" not in k]
+    ratios = [k for k in dict.fromkeys(k for row in rows for k in row) if "/" in k]
+    lines = ["| n | " + " | ".join(names + ratios) + " |",
+             "|---:|" + "---:|" * (len(names) + len(ratios))]
     for row in rows:
-        cells = [f"{row[k]:,.0f}" if row.get(k, 0) >= 100 else f"{row.get(k, float('nan')):.1f}"
+        cells = [(f"{row[k]:,.0f}" if row[k] >= 100 else f"{row[k]:.1f}") if k in row else "-"
                  for k in names]
+        cells += [f"{row[k]:,.1f}x" if k in row else "-" for k in ratios]
         lines.append(f"| {row['n']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 Users import from here; every other module is private and free to change.
 """
 
+from ._ensemble import simulate_ensemble as simulate_ensemble
 from ._equilibria import Bifurcation as Bifurcation
 from ._equilibria import Climate as Climate
 from ._equilibria import Equilibria as Equilibria
@@ -26,6 +27,5 @@ from ._paths import data_path as data_path
 from ._solve import STATUS_MESSAGES as STATUS_MESSAGES
 from ._solve import Simulation as Simulation
 from ._solve import simulate as simulate
-from ._solve import simulate_ensemble as simulate_ensemble
 
 __version__ = "0.1.0"

@@ -31,6 +31,8 @@ T_HA_TO_KG_M2 = 0.1
 # Floor used inside powers so that d/dexponent stays finite at a zero base.
 TINY = 1e-30
 N_LAG_DEFAULT = 3
+# Bisections of the initial soil moisture under JAX (one Newton step follows).
+THETA_BISECTIONS = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +289,7 @@ def equilibrium_theta(V, som_lag, p: Params, d: Drivers, xp=jnp):
     hi = fc * xp.exp(xp.log(d.P / p.k_L + 2.0) / p.c_L)  # L(hi) = P + 2 k_L > P
     # Under JAX 40 bisections (~1e-12 of the bracket) and one Newton step (quadratic)
     # reach float64 noise; numpy (the scipy reference) bisects to the last bit.
-    th = _bisect(balance, xp.zeros_like(hi), hi, 40 if xp is jnp else 64, xp)
+    th = _bisect(balance, xp.zeros_like(hi), hi, THETA_BISECTIONS if xp is jnp else 64, xp)
     if xp is jnp:
         th = jax.lax.stop_gradient(th)
         f, df = jax.jvp(balance, (th,), (jnp.ones_like(th),))

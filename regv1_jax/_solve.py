@@ -7,7 +7,8 @@ Two integrators share the vector field and the observation operators:
   adjoint (``"checkpoint"`` = recursive checkpointing, default; ``"backsolve"``).
 * ``method="rk4"``: classical Runge-Kutta with a fixed number of steps per year inside
   ``lax.scan``: no adaptive ``while_loop``, no per-step checks, so that ``vmap`` over
-  thousands of draws runs every member in lock-step.  The ensemble path (bootstrap, Sobol).
+  thousands of draws runs every member in lock-step.  ``simulate_ensemble``
+  (``_ensemble.py``) is its batched, fast form.
 
 Both return a :class:`Simulation` with a per-solve ``status``; a failed solve (maximum
 steps, a solver failure, a non-finite state) has every output set to NaN.
@@ -19,7 +20,6 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._forcing import Forcing
@@ -37,7 +37,7 @@ from ._model import (
 )
 from ._params import Params
 
-__all__ = ["simulate", "simulate_ensemble", "solve_grid", "Simulation", "STATUS_MESSAGES",
+__all__ = ["simulate", "solve_grid", "Simulation", "STATUS_MESSAGES",
            "METHODS"]
 
 METHODS = ("tsit5", "dopri8", "kvaerno5", "rk4")
@@ -291,49 +291,6 @@ def simulate(
         max_steps=max_steps, steps_per_year=steps_per_year, n_lag=n_lag,
     )
     return observe(ys, status, params, forcing.astype(params.dtype), Layout(n_lag))
-
-
-@eqx.filter_jit
-def simulate_ensemble(
-    params: Params,
-    forcing: Forcing,
-    *,
-    steps_per_year: int = 12,
-    n_lag: int = N_LAG_DEFAULT,
-    unroll: int | bool = True,
-    chunk: int | None = None,
-) -> Simulation:
-    """Forward RK4 solves of a batch of parameter sets (every leaf of shape ``(B,)``).
-
-    The same numbers as ``jax.vmap(lambda q: simulate(q, forcing, method="rk4"))(params)``,
-    computed with one flat batched state ``(D, B)`` (the batch on the last, contiguous axis)
-    and the inner steps unrolled: the fast path for large forward ensembles (Sobol,
-    prior predictive).  Not meant for ``grad`` (use ``simulate`` for that).
-
-    ``chunk``: solve that many members at a time (``lax.map``) so that their state stays in
-    cache; pays off with one device per core (on one device XLA threads whole-batch loops).
-    Returns a :class:`Simulation` with a leading batch axis and a per-member status.
-    """
-    layout = Layout(n_lag)
-    forcing = forcing.astype(params.dtype)
-    B = int(np.shape(params.r_V)[0])
-    if chunk and B > chunk:
-        # lax.map over chunks keeps one chunk's state and RK stages in cache between the
-        # loop kernels of a right-hand side; pad the batch to a whole number of chunks.
-        n_chunks = -(-B // chunk)
-        pad = n_chunks * chunk - B
-        padded = jax.tree_util.tree_map(
-            lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,))]), params)
-        chunks = jax.tree_util.tree_map(lambda x: x.reshape(n_chunks, chunk), padded)
-        ys = jax.lax.map(lambda q: _solve_rk4(q, forcing, layout, steps_per_year,
-                                              unroll=unroll)[0], chunks)  # (C, G, D, chunk)
-        ys = jnp.moveaxis(ys, 0, -2).reshape(ys.shape[1:3] + (n_chunks * chunk,))[..., :B]
-    else:
-        ys, _ = _solve_rk4(params, forcing, layout, steps_per_year, unroll=unroll)  # (G, D, B)
-    finite = jnp.all(jnp.isfinite(ys), axis=(0, 1))
-    status = jnp.where(finite, OK, NONFINITE).astype(jnp.int32)
-    return jax.vmap(lambda y, s, q: observe(y, s, q, forcing, layout), in_axes=(2, 0, 0))(
-        ys, status, params)
 
 
 # Depths (cm) of the SOC layers, for labels.

@@ -1,0 +1,281 @@
+"""``simulate_ensemble``: forward RK4 solves of a batch of parameter sets, at full speed.
+
+The default call picks the fast configuration by itself:
+
+* **Buckets.** The batch is padded (with copies of its first member) to a size bucket, eight
+  per octave (at most 12.5% padding) and to a multiple of the device count, so that a study
+  whose batch sizes vary compiles a handful of shapes, not one per size.
+* **Kernel (CPU).** On a CPU device the RK4 loop runs in a C++ kernel generated from
+  ``rate_terms`` (``_kernel.py``): one pass over a block of members per right-hand-side
+  evaluation, parameter- and driver-only terms hoisted, OpenMP threads over blocks.  XLA does
+  the rest (initial state, drivers, observation operators).
+* **XLA (any device, or no compiler).** The batch-last state ``(D, B)`` inside ``lax.scan``,
+  on CPU in chunks sized to the L2 cache (``chunk_size``); small batches (``<= SMALL_BATCH``)
+  take ``vmap`` of the per-sample solve, which has fewer, smaller kernels.
+* **Devices.** With more than one device (GPUs, or CPU cores exposed as devices with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax is imported) the batch is
+  split over ``jax.devices()`` with ``shard_map``; on CPU each device's kernel then gets
+  ``cpu_count // N`` threads.
+
+Every path gives the numbers of ``jax.vmap(lambda q: simulate(q, forcing, method="rk4"))``
+member by member (``tests/test_ensemble.py``: 1e-12 in float64, 1e-5 in float32).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from . import _kernel
+from ._forcing import Forcing
+from ._model import N_LAG_DEFAULT, Layout, drivers, initial_state, year_drivers
+from ._params import Params
+from ._solve import NONFINITE, OK, Simulation, _solve_rk4, observe, simulate
+
+__all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "loop_body_fusions",
+           "SMALL_BATCH"]
+
+# At or below this many members the XLA path vmaps the per-sample solve.
+SMALL_BATCH = 64
+# Fewer members than this per device: one device (on CPU the kernel's threads still use
+# every core); splitting a small batch costs more in synchronisation than it saves.
+SHARD_MIN_PER_DEVICE = 1024
+# Largest chunk of members per kernel call (see ``_kernel_chunk``).
+KERNEL_CHUNK = 16384
+# Members per XLA chunk per MiB of L2 cache and per state component and byte: tuned on the
+# 2-core AVX-512 CI machine (1 MiB L2 per core): float32 chunks of 1024-2048 ran 25% faster
+# than 4096 (issue 12), i.e. about 16 live (chunk, D) arrays per right-hand side in L2.
+_LIVE_ARRAYS = 16
+
+
+def bucket_size(n: int, granule: int = 1) -> int:
+    """The padded batch size for ``n`` members: eight buckets per octave (at most 12.5%
+    padding), rounded up to a multiple of ``granule``."""
+    if n < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {n}")
+    q = 1 << max(n.bit_length() - 4, 0)  # 2^(floor(log2 n) - 3)
+    m = -(-n // q) * q
+    return -(-m // granule) * granule
+
+
+@functools.cache
+def _l2_bytes() -> int:
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as fh:
+            s = fh.read().strip().upper()
+        mult = {"K": 1 << 10, "M": 1 << 20}.get(s[-1], 1)
+        return int(s.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def _cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def chunk_size(n_state: int, dtype) -> int:
+    """Members per chunk of the XLA path on CPU: a power of two sized to the L2 cache."""
+    c = _l2_bytes() // (n_state * np.dtype(dtype).itemsize * _LIVE_ARRAYS)
+    return int(min(max(1 << max(c.bit_length() - 1, 0), 256), 8192))
+
+
+def _status(ys):
+    finite = jnp.all(jnp.isfinite(ys), axis=(0, 1))
+    return jnp.where(finite, OK, NONFINITE).astype(jnp.int32)
+
+
+def _observe_batch(ys, params, forcing, layout):
+    """``Simulation`` with a leading batch axis from the grid ``(G, D, B)``."""
+    return jax.vmap(lambda y, s, q: observe(y, s, q, forcing, layout), in_axes=(2, 0, 0))(
+        ys, _status(ys), params)
+
+
+def _kernel_chunk(n: int) -> int | None:
+    """Members per ``lax.map`` chunk around the kernel: the largest power of two up to
+    ``KERNEL_CHUNK`` that divides ``n`` (None: one call).  Bounds the state grid and the
+    observation pass of a chunk to a few tens of MB (L3) instead of ~260 MB at 100k members
+    (float32); +10-15% measured at 100k."""
+    c = KERNEL_CHUNK
+    while c >= KERNEL_CHUNK // 8:
+        if n % c == 0 and n > c:
+            return c
+        c //= 2
+    return None
+
+
+def _kernel_solve(params, forcing, layout, steps_per_year, target, threads):
+    B = jnp.shape(params.r_V)[0]
+    c = _kernel_chunk(B)
+    if c is not None:
+        chunks = jax.tree_util.tree_map(lambda x: x.reshape(B // c, c), params)
+        out = jax.lax.map(lambda q: _kernel_solve(q, forcing, layout, steps_per_year, target,
+                                                  threads), chunks)
+        return jax.tree_util.tree_map(lambda x: x.reshape((B,) + x.shape[2:]), out)
+    y0 = initial_state(params, year_drivers(params, forcing), layout)  # (D, B)
+    prm = jnp.stack(jax.tree_util.tree_leaves(params))  # (NP, B)
+    per_year = (forcing.rainfall, forcing.intensity, forcing.psi_plant, forcing.psi_eng)
+    drv = jax.vmap(lambda *f: jnp.stack([jnp.broadcast_to(x, (B,))
+                                         for x in jax.tree_util.tree_leaves(
+                                             drivers(params, *f))]))(*per_year)  # (NY, ND, B)
+    ys = _kernel.rk4_grid(target, y0, prm, drv, steps_per_year, threads)
+    return _observe_batch(ys, params, forcing, layout)
+
+
+def _xla_solve(params, forcing, layout, steps_per_year, chunk):
+    B = jnp.shape(params.r_V)[0]
+    if B <= SMALL_BATCH and not chunk:
+        return jax.vmap(lambda q: simulate(q, forcing, method="rk4",
+                                           steps_per_year=steps_per_year,
+                                           n_lag=layout.n_lag))(params)
+    if chunk and B > chunk:
+        n_chunks = -(-B // chunk)
+        pad = n_chunks * chunk - B
+        padded = jax.tree_util.tree_map(
+            lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,))]), params)
+        chunks = jax.tree_util.tree_map(lambda x: x.reshape(n_chunks, chunk), padded)
+        ys = jax.lax.map(lambda q: _solve_rk4(q, forcing, layout, steps_per_year,
+                                              unroll=True)[0], chunks)  # (C, G, D, chunk)
+        ys = jnp.moveaxis(ys, 0, -2).reshape(ys.shape[1:3] + (n_chunks * chunk,))[..., :B]
+    else:
+        ys, _ = _solve_rk4(params, forcing, layout, steps_per_year, unroll=True)  # (G, D, B)
+    return _observe_batch(ys, params, forcing, layout)
+
+
+@functools.partial(jax.jit, static_argnames=("n_lag", "steps_per_year", "target", "threads",
+                                             "chunk", "devices"))
+def _run(params, forcing, *, n_lag, steps_per_year, target, threads, chunk, devices):
+    layout = Layout(n_lag)
+    forcing = forcing.astype(params.dtype)
+
+    def local(q, f):
+        if target is not None:
+            return _kernel_solve(q, f, layout, steps_per_year, target, threads)
+        return _xla_solve(q, f, layout, steps_per_year, chunk)
+
+    if devices is None or len(devices) == 1:
+        return local(params, forcing)
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    spec = PartitionSpec("batch")
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=spec,
+                         check_vma=False)(params, forcing)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _pad(params, size):
+    """Pad every leaf to ``size`` members with copies of the first."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (size - x.shape[0],))]), params)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _unpad(out, size):
+    return jax.tree_util.tree_map(lambda x: x[:size], out)
+
+
+def simulate_ensemble(
+    params: Params,
+    forcing: Forcing,
+    *,
+    steps_per_year: int = 12,
+    n_lag: int = N_LAG_DEFAULT,
+    chunk: int | None | str = "auto",
+    kernel: bool | str = "auto",
+    devices=None,
+    bucket: bool = True,
+) -> Simulation:
+    """Forward RK4 solves of a batch of parameter sets (every leaf of shape ``(B,)``).
+
+    The same numbers as ``jax.vmap(lambda q: simulate(q, forcing, method="rk4"))(params)``
+    (to 1e-12 in float64, 1e-5 in float32), at the speed the hardware allows: see the module
+    docstring for what the default does.  Forward only; for gradients use ``simulate``.
+
+    **Arguments:**
+
+    - `params`: parameters with a leading batch axis ``(B,)`` on every leaf (e.g.
+      ``space.sample_prior(key, B)``); their dtype sets the precision.
+    - `forcing`: annual forcings, shared by every member.
+    - `steps_per_year`: even number of RK4 steps per year.
+    - `n_lag`: length of the linear-chain lags.
+    - `chunk`: members per ``lax.map`` chunk on the XLA path; ``"auto"`` sizes it to the L2
+      cache on CPU (none on other devices); ``None`` for one whole-batch loop.
+    - `kernel`: ``"auto"`` uses the generated C++ kernel on CPU devices when it builds;
+      ``False`` forces the XLA path; ``True`` raises if the kernel is unavailable.
+    - `devices`: devices to split the batch over (default ``jax.devices()``); a batch of
+      fewer than ``SHARD_MIN_PER_DEVICE`` members per device runs on the first one.
+    - `bucket`: pad the batch to a size bucket (one compile per bucket, not per size).
+
+    **Returns:**
+
+    A :class:`Simulation` with a leading batch axis ``(B, ...)`` and a per-member ``status``
+    (``NONFINITE`` where the member's state became NaN/inf; its outputs are NaN).
+    """
+    leaves = jax.tree_util.tree_leaves(params)
+    shapes = {np.shape(x) for x in leaves}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"every parameter needs one batch axis of the same length; got "
+                         f"shapes {sorted(shapes)}")
+    B = next(iter(shapes))[0]
+    if steps_per_year < 2 or steps_per_year % 2:
+        raise ValueError(f"steps_per_year must be an even int >= 2, got {steps_per_year}")
+    dtype = np.dtype(params.dtype)
+    layout = Layout(n_lag)
+    devices = tuple(jax.devices() if devices is None else devices)
+    if len(devices) > 1 and B < SHARD_MIN_PER_DEVICE * len(devices):
+        devices = devices[:1]
+    platform = devices[0].platform
+    target = None
+    if kernel and platform == "cpu":
+        target = _kernel.target(params, layout, dtype)
+        if target is None and kernel is True:
+            raise RuntimeError("the RK4 kernel is not available (no C++ compiler, or the "
+                               "build failed); use kernel='auto' or False")
+    if chunk == "auto":
+        chunk = chunk_size(layout.size, dtype) if platform == "cpu" else None
+    threads = max(1, _cores() // len(devices)) if target else 0
+    granule = len(devices)
+    Bp = bucket_size(B, granule) if bucket else -(-B // granule) * granule
+    if Bp != B:
+        params = _pad(params, Bp)
+    out = _run(params, forcing, n_lag=n_lag, steps_per_year=steps_per_year,
+               target=target, threads=threads, chunk=chunk or None,
+               devices=devices if len(devices) > 1 else None)
+    return _unpad(out, B) if Bp != B else out
+
+
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+    comps, name, body = {}, None, []
+    for line in hlo_text.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if m and not line.startswith(" "):
+            name, body = m.group(1), []
+        elif line.startswith("}") and name is not None:
+            comps[name] = body
+            name = None
+        elif name is not None:
+            body.append(line)
+    return comps
+
+
+def loop_body_fusions(hlo_text: str) -> int:
+    """Loop kernels (XLA fusions) in the largest ``while`` body of optimised HLO text.
+
+    For the batch-last XLA path (inner steps unrolled) that body is one year: divide by the
+    ``4 * steps_per_year`` right-hand-side evaluations of a year to get kernels (full passes
+    over the batch) per evaluation.  0 when no time loop runs in XLA (the kernel path: one
+    pass per evaluation inside the custom call).
+    """
+    comps = _computations(hlo_text)
+    bodies = re.findall(r"\bwhile\(.*?body=%?([\w.\-]+)", hlo_text)
+    counts = [sum(1 for ln in comps.get(b, []) if re.search(r"= \S+ fusion\(", ln))
+              for b in bodies]
+    return max(counts, default=0)

@@ -1,0 +1,427 @@
+"""A CPU kernel for the forward RK4 ensemble, generated from :func:`rate_terms`.
+
+XLA:CPU has no multi-output loop fusion: a right-hand side of ~15 components compiles to
+~24 loop kernels (one full pass over the batch each), so the fused XLA ensemble runs at a
+third of what the CPU does.  This module writes the one right-hand side once more, but
+*mechanically*: it traces ``rate_terms`` on scalars to a jaxpr and prints that jaxpr as C++
+(one statement per equation), so the model is never written twice by hand and the lead's
+equations land here when ``rate_terms`` changes.  The C++ driver runs RK4 over blocks of
+``W`` members with the batch innermost (``#pragma omp simd``, one pass per evaluation with
+the block's state in L1) and the blocks spread over OpenMP threads.  It is built once per
+(model, dtype, machine) with the system C++ compiler, cached on disk, and called through
+the XLA FFI; :func:`available` says whether that worked (no compiler: the XLA path).
+
+Forward only (no gradients); the state grid it returns is the one ``solve_grid`` returns
+for ``method="rk4"``, and ``tests/test_ensemble.py`` checks member by member that both agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._model import Drivers, Layout, rate_terms
+
+__all__ = ["available", "rk4_grid", "rhs_source", "BLOCK"]
+
+# Members per block: the block's state, stages, parameters and drivers stay in L1.
+BLOCK = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
+
+_UNARY = {
+    "exp": "std::exp({0})", "log": "std::log({0})", "neg": "(-{0})", "sqrt": "std::sqrt({0})",
+    "rsqrt": "(T(1) / std::sqrt({0}))", "abs": "std::abs({0})", "log1p": "std::log1p({0})",
+    "expm1": "std::expm1({0})", "tanh": "std::tanh({0})", "sin": "std::sin({0})",
+    "cos": "std::cos({0})", "exp2": "std::exp2({0})", "square": "({0} * {0})",
+    "logistic": "(T(1) / (T(1) + std::exp(-{0})))", "not": "(!{0})",
+    "sign": "(({0} > T(0)) - ({0} < T(0)))", "stop_gradient": "{0}", "copy": "{0}",
+    "copy_p": "{0}", "reduce_precision": "{0}", "floor": "std::floor({0})",
+    "ceil": "std::ceil({0})",
+}
+_BINARY = {
+    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+    "max": "({0} > {1} ? {0} : {1})", "min": "({0} < {1} ? {0} : {1})",
+    "pow": "std::pow({0}, {1})", "atan2": "std::atan2({0}, {1})",
+    "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
+    "eq": "({0} == {1})", "ne": "({0} != {1})", "and": "({0} && {1})", "or": "({0} || {1})",
+}
+# Shape-only primitives on scalars: the value passes through.
+_IDENTITY = ("broadcast_in_dim", "reshape", "squeeze", "expand_dims", "convert_element_type")
+
+
+class _Emitter:
+    """Prints a scalar jaxpr as C++, one statement per equation, sorted by what it depends on.
+
+    Every value gets a *level*: 0 = parameters only (computed once per block), 1 = also the
+    year's drivers (once per year), 2 = the state (every evaluation); literals are -1 and
+    inline.  A value used at a higher level than its own is stored in ``H0``/``H1`` by the
+    lower loop and loaded by the higher one: parameter-only and driver-only terms are hoisted
+    out of the time steps, generically.  A division by a lower-level value becomes a product
+    with its reciprocal, hoisted the same way.
+    """
+
+    def __init__(self):
+        self.lines = {0: [], 1: [], 2: []}
+        self.stores = {0: {}, 1: {}}  # name -> slot
+        self.n = 0
+
+    def ref(self, atom, level):
+        lvl, name, direct = atom
+        if direct or lvl == level or lvl < 0:
+            return name
+        slots = self.stores[lvl]
+        if name not in slots:
+            slots[name] = len(slots)
+        return f"H{lvl}[{slots[name]} * W + i]"
+
+    @staticmethod
+    def literal(v):
+        val = np.asarray(v.val)
+        if val.dtype == np.bool_:
+            return (-1, "true" if bool(val) else "false", True)
+        if np.issubdtype(val.dtype, np.integer):
+            return (-1, str(int(val)), True)
+        return (-1, f"T({float(val)!r})", True)
+
+    def jaxpr(self, jaxpr, consts, args):
+        env = {}
+        for v, c in zip(jaxpr.constvars, consts):
+            c = np.asarray(c)
+            if c.shape != ():
+                raise ValueError("rate_terms must be elementwise (a non-scalar constant)")
+            env[v] = (-1, f"T({float(c)!r})", True)
+        for v, a in zip(jaxpr.invars, args):
+            env[v] = a
+        for eqn in jaxpr.eqns:
+            ins = [self.literal(v) if hasattr(v, "val") else env[v] for v in eqn.invars]
+            outs = self.eqn(eqn, ins)
+            for v, o in zip(eqn.outvars, outs):
+                env[v] = o
+        return [self.literal(v) if hasattr(v, "val") else env[v] for v in jaxpr.outvars]
+
+    def let(self, template, ins, aval, ctype=None):
+        level = max([a[0] for a in ins] + [-1])
+        expr = template.format(*[self.ref(a, max(level, 0)) for a in ins])
+        if level < 0:
+            return (-1, f"({expr})", True)
+        self.n += 1
+        name = f"t{self.n}"
+        if ctype is None:
+            dt = np.dtype(aval.dtype)
+            ctype = "bool" if dt == np.bool_ else (
+                "long" if np.issubdtype(dt, np.integer) else "T")
+        self.lines[level].append(f"const {ctype} {name} = {expr};")
+        return (level, name, False)
+
+    def eqn(self, eqn, ins):
+        name = eqn.primitive.name
+        aval = eqn.outvars[0].aval
+        if any(getattr(v.aval, "shape", ()) != () for v in eqn.outvars):
+            raise ValueError(f"rate_terms must be elementwise; {name} gave a non-scalar")
+        if name in ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint",
+                    "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"):
+            sub = (eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+                   or eqn.params.get("fun_jaxpr"))
+            return self.jaxpr(getattr(sub, "jaxpr", sub), getattr(sub, "consts", ()), ins)
+        if name == "div" and 0 <= ins[1][0] < max(ins[0][0], 0):
+            inv = self.let("(T(1) / {0})", [ins[1]], aval)
+            return [self.let("({0} * {1})", [ins[0], inv], aval)]
+        if name in _UNARY:
+            return [self.let(_UNARY[name], ins, aval)]
+        if name in _BINARY:
+            return [self.let(_BINARY[name], ins, aval)]
+        if name == "convert_element_type":
+            dt = np.dtype(eqn.params["new_dtype"])
+            ctype = "bool" if dt == np.bool_ else (
+                "long" if np.issubdtype(dt, np.integer) else "T")
+            return [self.let(f"static_cast<{ctype}>({{0}})", ins, aval, ctype)]
+        if name in _IDENTITY:
+            return [ins[0]]
+        if name == "integer_pow":
+            k = int(eqn.params["y"])
+            if k == 0:
+                return [(-1, "T(1)", True)]
+            body = " * ".join(["{0}"] * abs(k))
+            return [self.let(f"({body})" if k > 0 else f"(T(1) / ({body}))", ins, aval)]
+        if name == "clamp":  # lax.clamp(min, x, max)
+            return [self.let("({1} < {0} ? {0} : ({1} > {2} ? {2} : {1}))", ins, aval)]
+        if name == "select_n":  # select_n(pred, *cases): cases[pred]
+            if len(ins) != 3:
+                raise ValueError("select_n with more than two cases is not supported")
+            return [self.let("({0} ? {2} : {1})", ins, aval)]
+        raise ValueError(f"the kernel generator does not know the primitive {name!r}; "
+                         "extend regv1_jax._kernel or use simulate_ensemble(kernel=False)")
+
+
+def _scalar_rhs(p_treedef, n_params, d_treedef, n_drivers, layout):
+    def f(*flat):
+        p = jax.tree_util.tree_unflatten(p_treedef, flat[:n_params])
+        d = jax.tree_util.tree_unflatten(d_treedef, flat[n_params:n_params + n_drivers])
+        y = tuple(flat[n_params + n_drivers:])
+        return rate_terms(y, p, d, layout, jnp)
+
+    return f
+
+
+def rhs_source(p_def, layout: Layout, dtype) -> dict:
+    """C++ of one right-hand-side evaluation, from ``rate_terms``, split by level.
+
+    The loops over lane ``i`` read ``P[j * W + i]`` (parameter leaf ``j``), ``DR[j * W + i]``
+    (driver ``j``), ``Y[c * W + i]`` (state component ``c``) and write ``K[c * W + i]``;
+    ``pre0`` fills ``H0`` (parameter-only terms), ``pre1`` fills ``H1`` (driver terms).
+    """
+    d_leaves, d_def = jax.tree_util.tree_flatten(Drivers(*[0.0] * len(Drivers._fields)))
+    n_p, n_d, D = p_def.num_leaves, len(d_leaves), layout.size
+    s = jax.ShapeDtypeStruct((), dtype)
+    closed = jax.make_jaxpr(_scalar_rhs(p_def, n_p, d_def, n_d, layout))(
+        *[s] * (n_p + n_d + D))
+    em = _Emitter()
+    args = ([(0, f"P[{j} * W + i]", True) for j in range(n_p)]
+            + [(1, f"DR[{j} * W + i]", True) for j in range(n_d)]
+            + [(2, f"Y[{c} * W + i]", True) for c in range(D)])
+    outs = em.jaxpr(closed.jaxpr, closed.consts, args)
+    if len(outs) != D:
+        raise ValueError(f"rate_terms returned {len(outs)} components, the layout has {D}")
+    rhs = em.lines[2] + [f"K[{c} * W + i] = {em.ref(o, 2)};" for c, o in enumerate(outs)]
+    pre1 = em.lines[1] + [f"H1[{k} * W + i] = {n};" for n, k in em.stores[1].items()]
+    pre0 = em.lines[0] + [f"H0[{k} * W + i] = {n};" for n, k in em.stores[0].items()]
+    sep = "\n      "
+    return dict(RHS=sep.join(rhs), PRE1=sep.join(pre1), PRE0=sep.join(pre0), NP=n_p,
+                ND=n_d, N0=max(len(em.stores[0]), 1), N1=max(len(em.stores[1]), 1))
+
+
+_DRIVER = r"""
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <algorithm>
+#include "xla/ffi/api/ffi.h"
+namespace ffi = xla::ffi;
+
+typedef @CTYPE@ T;
+constexpr int W = @W@;
+constexpr int D = @D@;
+constexpr int NP = @NP@;
+constexpr int ND = @ND@;
+
+constexpr int N0 = @N0@;
+constexpr int64_t MIN_BLOCKS = 8;
+constexpr int N1 = @N1@;
+
+// Parameter-only terms (once per block of members).
+static inline void pre0(const T* __restrict P, T* __restrict H0) {
+  #pragma omp simd
+  for (int i = 0; i < W; ++i) {
+      @PRE0@
+  }
+}
+
+// Terms of the parameters and the year's drivers (once per year).
+static inline void pre1(const T* __restrict P, const T* __restrict H0, const T* __restrict DR,
+                        T* __restrict H1) {
+  #pragma omp simd
+  for (int i = 0; i < W; ++i) {
+      @PRE1@
+  }
+}
+
+// One right-hand-side evaluation of the block: one pass, state in L1.
+static inline void rhs(const T* __restrict P, const T* __restrict H0, const T* __restrict DR,
+                       const T* __restrict H1, const T* __restrict Y, T* __restrict K) {
+  #pragma omp simd
+  for (int i = 0; i < W; ++i) {
+      @RHS@
+  }
+}
+
+static inline void axpy(const T* __restrict y, const T* __restrict k, T a, T* __restrict o) {
+  #pragma omp simd
+  for (int j = 0; j < D * W; ++j) o[j] = y[j] + a * k[j];
+}
+
+// Lanes [0, n) of a W-wide block from row ``src`` (stride-free); lanes n..W-1 repeat lane 0
+// (a partial last block computes copies of its first member and writes none of them).
+static inline void load(T* __restrict dst, const T* __restrict src, int64_t n) {
+  std::memcpy(dst, src, n * sizeof(T));
+  for (int64_t i = n; i < W; ++i) dst[i] = src[0];
+}
+
+// y0: (D, B); prm: (NP, B); drv: (NY, ND, B); out: (2 NY + 1, D, B).
+static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> y0, ffi::Buffer<ffi::@FFI@> prm,
+                      ffi::Buffer<ffi::@FFI@> drv, ffi::ResultBuffer<ffi::@FFI@> out,
+                      int64_t steps, int64_t threads) {
+  const int64_t B = y0.dimensions()[1];
+  const int64_t NY = drv.dimensions()[0];
+  if (y0.dimensions()[0] != D || prm.dimensions()[0] != NP || drv.dimensions()[1] != ND
+      || prm.dimensions()[1] != B || drv.dimensions()[2] != B || steps < 2 || steps % 2)
+    return ffi::Error::InvalidArgument("regv1 rk4 kernel: bad shapes or steps");
+  const T* Y0 = y0.typed_data();
+  const T* PR = prm.typed_data();
+  const T* DV = drv.typed_data();
+  T* G = out->typed_data();
+  const double h = 1.0 / double(steps);
+  const T half_h = T(0.5 * h), full_h = T(h), sixth_h = T(h / 6.0), two = T(2.0);
+  const int64_t half = steps / 2, nblocks = (B + W - 1) / W;
+  // A thread gets at least MIN_BLOCKS blocks: on a busy machine waking a second thread for
+  // a few hundred microseconds of work costs more than it saves.
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, nblocks / MIN_BLOCKS)));
+  #pragma omp parallel for schedule(static) num_threads(nt) if(nt > 1)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    alignas(64) T P[NP * W], DR[ND * W], H0[N0 * W], H1[N1 * W], Y[D * W], Z[D * W];
+    alignas(64) T K1[D * W], K2[D * W], K3[D * W], K4[D * W];
+    const int64_t o = b * W, n = std::min<int64_t>(W, B - o);
+    for (int j = 0; j < NP; ++j) load(P + j * W, PR + j * B + o, n);
+    pre0(P, H0);
+    for (int c = 0; c < D; ++c) load(Y + c * W, Y0 + c * B + o, n);
+    for (int c = 0; c < D; ++c) std::memcpy(G + c * B + o, Y + c * W, n * sizeof(T));
+    for (int64_t yr = 0; yr < NY; ++yr) {
+      for (int j = 0; j < ND; ++j) load(DR + j * W, DV + (yr * ND + j) * B + o, n);
+      pre1(P, H0, DR, H1);
+      for (int hf = 0; hf < 2; ++hf) {
+        for (int64_t s = 0; s < half; ++s) {
+          rhs(P, H0, DR, H1, Y, K1);
+          axpy(Y, K1, half_h, Z);
+          rhs(P, H0, DR, H1, Z, K2);
+          axpy(Y, K2, half_h, Z);
+          rhs(P, H0, DR, H1, Z, K3);
+          axpy(Y, K3, full_h, Z);
+          rhs(P, H0, DR, H1, Z, K4);
+          #pragma omp simd
+          for (int j = 0; j < D * W; ++j)
+            Y[j] = Y[j] + sixth_h * (((K1[j] + two * K2[j]) + two * K3[j]) + K4[j]);
+        }
+        T* g = G + (2 * yr + 1 + hf) * D * B;
+        for (int c = 0; c < D; ++c) std::memcpy(g + c * B + o, Y + c * W, n * sizeof(T));
+      }
+    }
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    regv1_rk4, Rk4,
+    ffi::Ffi::Bind()
+        .Arg<ffi::Buffer<ffi::@FFI@>>()
+        .Arg<ffi::Buffer<ffi::@FFI@>>()
+        .Arg<ffi::Buffer<ffi::@FFI@>>()
+        .Ret<ffi::Buffer<ffi::@FFI@>>()
+        .Attr<int64_t>("steps")
+        .Attr<int64_t>("threads"));
+"""
+
+CXXFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared",
+            "-std=c++17")
+
+
+def _source(p_def, layout, dtype):
+    dtype = np.dtype(dtype)
+    parts = rhs_source(p_def, layout, dtype)
+    ctype, ffi_t = ("float", "F32") if dtype == np.float32 else ("double", "F64")
+    src = _DRIVER
+    for k, v in dict(CTYPE=ctype, W=BLOCK[dtype], D=layout.size, FFI=ffi_t, **parts).items():
+        src = src.replace(f"@{k}@", str(v))
+    return src
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("REGV1_KERNEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "regv1_jax", "kernels")
+    return Path(root)
+
+
+def _cpu_tag() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+@functools.cache
+def _build(src: str) -> str | None:
+    """Compile ``src`` (cached on disk by content, compiler and CPU); the target name."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        return None
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    key = hashlib.sha256("\0".join([src, version, " ".join(CXXFLAGS), _cpu_tag(),
+                                    jax.ffi.include_dir()]).encode()).hexdigest()[:20]
+    lib = _cache_dir() / f"rk4_{key}.so"
+    if not lib.exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            cpp = Path(tmp) / "rk4.cc"
+            cpp.write_text(src)
+            tmp_lib = Path(tmp) / "rk4.so"
+            cmd = [cxx, *CXXFLAGS, "-I", jax.ffi.include_dir(), str(cpp), "-o", str(tmp_lib)]
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if res.returncode != 0:
+                warnings.warn("regv1_jax: building the RK4 ensemble kernel failed; using the "
+                              f"XLA path.\n{res.stderr[-2000:]}", stacklevel=3)
+                return None
+            os.replace(tmp_lib, lib)  # atomic: concurrent builders agree
+    import ctypes
+
+    handle = ctypes.CDLL(str(lib))
+    name = f"regv1_rk4_{key}"
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handle.regv1_rk4), platform="cpu")
+    _HANDLES.append(handle)
+    return name
+
+
+_HANDLES: list = []
+
+
+def target(params, layout: Layout, dtype) -> str | None:
+    """The FFI target name of the kernel for this model and dtype (built on first use).
+
+    ``params``: a ``Params`` (any leaf shapes) or its treedef.  ``None`` when the kernel
+    cannot be built (no compiler, ``REGV1_NO_KERNEL`` set, an unknown primitive).
+    """
+    if os.environ.get("REGV1_NO_KERNEL"):
+        return None
+    if not isinstance(params, jax.tree_util.PyTreeDef):
+        params = jax.tree_util.tree_structure(params)
+    return _target(params, layout, np.dtype(dtype))
+
+
+@functools.cache
+def _target(p_def, layout, dtype):
+    try:
+        src = _source(p_def, layout, dtype)
+    except ValueError as e:  # a primitive the generator does not know
+        warnings.warn(f"regv1_jax: no RK4 kernel for this model ({e}); using the XLA path",
+                      stacklevel=3)
+        return None
+    return _build(src)
+
+
+def available(params, layout: Layout, dtype) -> bool:
+    return target(params, layout, dtype) is not None
+
+
+def rk4_grid(name: str, y0, prm, drv, steps_per_year: int, threads: int):
+    """Call the kernel: ``y0 (D, B)``, ``prm (NP, B)``, ``drv (NY, ND, B)`` -> grid
+    ``(2 NY + 1, D, B)``."""
+    D, B = y0.shape
+    NY = drv.shape[0]
+    out = jax.ShapeDtypeStruct((2 * NY + 1, D, B), y0.dtype)
+    return jax.ffi.ffi_call(name, out)(y0, prm, drv, steps=np.int64(steps_per_year),
+                                      threads=np.int64(threads))

@@ -1,0 +1,179 @@
+"""The forward ensemble (``simulate_ensemble``) against ``simulate(method="rk4")``.
+
+These tests are what makes a change of the model equations land in the fast paths: the
+generated kernel and the batch-last XLA path must give ``simulate(rk4)``'s numbers member by
+member, whatever ``rate_terms`` says.
+"""
+
+import functools
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import loess, yanhe_forcing
+
+import regv1_jax as r
+from regv1_jax import _ensemble, _kernel
+from regv1_jax._model import THETA_BISECTIONS, Layout
+from regv1_jax._solve import NONFINITE, OK
+
+OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
+           "erosion", "storage_change")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_kernel(dtype):
+    _, p = loess(dtype)
+    return _kernel.available(p, Layout(), dtype)
+
+
+def _draws(n, dtype, seed=5, bad=None):
+    space, _ = loess()
+    d = space.sample_prior(jax.random.PRNGKey(seed), n, dtype=dtype)
+    if bad is not None:
+        d = eqx.tree_at(lambda q: q.V0, d, d.V0.at[bad].set(jnp.nan))
+    return d
+
+
+@functools.cache
+def _case(n, dtype_name, seed, bad=None):
+    """Draws and the reference ``vmap(simulate(rk4))`` solves (computed once per case)."""
+    draws = _draws(n, jnp.dtype(dtype_name), seed, bad)
+    f = yanhe_forcing()
+    return draws, f, jax.jit(jax.vmap(lambda q: r.simulate(q, f, method="rk4")))(draws)
+
+
+def _assert_agree(ens, ref, rtol, atol_rel):
+    for k in OUTPUTS:
+        a, b = np.asarray(getattr(ens, k)), np.asarray(getattr(ref, k))
+        assert a.shape == b.shape, k
+        scale = np.nanmax(np.abs(b))
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol_rel * scale, err_msg=k)
+
+
+# (options, why): every path of the default dispatch, forced.
+PATHS = [
+    (dict(), "default (kernel on CPU when it builds)"),
+    (dict(kernel=False), "XLA, whole batch (77 < chunk)"),
+    (dict(kernel=False, chunk=8), "XLA, chunks of 8"),
+]
+
+
+@pytest.mark.parametrize("opts", [p[0] for p in PATHS], ids=[p[1] for p in PATHS])
+def test_ensemble_equals_simulate_rk4_float64(opts):
+    # 77 members: padded to a bucket, crosses kernel blocks and chunks.
+    draws, f, ref = _case(77, "float64", 5, bad=11)
+    ens = r.simulate_ensemble(draws, f, **opts)
+    assert ens.V.dtype == jnp.float64
+    assert list(np.flatnonzero(np.asarray(ens.status) != OK)) == [11]
+    assert int(ens.status[11]) == NONFINITE and np.all(np.isnan(np.asarray(ens.V[11])))
+    _assert_agree(ens, ref, rtol=1e-12, atol_rel=1e-12)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(kernel=False)],
+                         ids=["default", "xla-small-vmap"])
+def test_ensemble_equals_simulate_rk4_float32(opts):
+    draws, f, ref = _case(40, "float32", 3)  # 40 <= SMALL_BATCH: the vmapped XLA path
+    ens = r.simulate_ensemble(draws, f, **opts)
+    assert ens.V.dtype == jnp.float32
+    assert np.all(np.asarray(ens.status) == OK)
+    _assert_agree(ens, ref, rtol=1e-5, atol_rel=1e-5)
+
+
+def test_kernel_in_chunks_equals_simulate_rk4(monkeypatch):
+    if not _has_kernel(jnp.float64):
+        pytest.skip("no C++ compiler")
+    monkeypatch.setattr(_ensemble, "KERNEL_CHUNK", 32)  # 48 members: 3 chunks of 16
+    assert _ensemble._kernel_chunk(48) == 16
+    draws, f, ref = _case(48, "float64", 8)
+    _assert_agree(r.simulate_ensemble(draws, f), ref, rtol=1e-12, atol_rel=1e-12)
+
+
+def test_kernel_is_the_cpu_default_and_one_custom_call():
+    if not _has_kernel(jnp.float64):
+        pytest.skip("no C++ compiler: the XLA path is the default")
+    draws = _draws(64, jnp.float64)
+    f = yanhe_forcing().astype(jnp.float64)
+    target = _kernel.target(draws, Layout(), jnp.float64)
+    hlo = _ensemble._run.lower(draws, f, n_lag=3, steps_per_year=12, target=target,
+                               threads=1, chunk=None, devices=None).compile().as_text()
+    # The whole time loop is one call of the generated kernel; no XLA loop over time steps
+    # (the only loop left is the bisection of the initial soil moisture).
+    assert hlo.count("custom_call_target=\"" + target) == 1
+    trips = set(re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', hlo))
+    assert trips <= {str(THETA_BISECTIONS)}
+
+
+def test_xla_path_fuses_each_rk4_step():
+    """The batch-last XLA path: count its loop fusions per right-hand-side evaluation.
+
+    XLA:CPU has no multi-output loop fusion, so one evaluation is ~24 loop kernels (the
+    benchmark reports the figure); this guards against a regression to the ~100 of the
+    vmapped ``(B, D)`` layout.
+    """
+    draws = _draws(256, jnp.float32)
+    f = yanhe_forcing().astype(jnp.float32)
+    hlo = _ensemble._run.lower(draws, f, n_lag=3, steps_per_year=12, target=None,
+                               threads=0, chunk=None, devices=None).compile().as_text()
+    per_eval = _ensemble.loop_body_fusions(hlo) / (4 * 12)
+    assert 1 <= per_eval <= 40, per_eval
+
+
+def test_batch_sizes_in_one_bucket_compile_once():
+    assert _ensemble.bucket_size(1000) == _ensemble.bucket_size(1020) == 1024
+    assert _ensemble.bucket_size(1) == 1 and _ensemble.bucket_size(5) == 5
+    assert _ensemble.bucket_size(77, 32) == 96
+    for n in (1, 7, 100, 999, 12345, 10**6):
+        b = _ensemble.bucket_size(n)
+        assert n <= b <= 1.125 * n + 1
+    assert _ensemble._kernel_chunk(106496) == 8192 and _ensemble._kernel_chunk(1024) is None
+    f = yanhe_forcing()
+    before = _ensemble._run._cache_size()
+    a = r.simulate_ensemble(_draws(1000, jnp.float64, seed=1), f)
+    b = r.simulate_ensemble(_draws(1020, jnp.float64, seed=2), f)
+    assert _ensemble._run._cache_size() == before + 1
+    assert a.V.shape == (1000, 21) and b.V.shape == (1020, 21)
+
+
+def test_bad_batches_raise():
+    _, p = loess()
+    f = yanhe_forcing()
+    with pytest.raises(ValueError, match="one batch axis"):
+        r.simulate_ensemble(p, f)
+    with pytest.raises(ValueError, match="steps_per_year"):
+        r.simulate_ensemble(_draws(4, jnp.float64), f, steps_per_year=7)
+
+
+SHARDED = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import regv1_jax as r
+    assert len(jax.devices()) == 4, jax.devices()
+    space = r.load_param_space("LoessPlateau")
+    f = r.make_forcing(1995, 2015, rainfall=450.0, intensity=1.0,
+                       psi_plant=r.grain_for_green(1995, 2015))
+    d = space.sample_prior(jax.random.PRNGKey(9), 4 * 1024 + 3, dtype=jnp.float64)
+    for kw in (dict(), dict(kernel=False)):
+        one = r.simulate_ensemble(d, f, devices=jax.devices()[:1], **kw)
+        four = r.simulate_ensemble(d, f, **kw)
+        for k in ("V", "SOM", "theta", "runoff", "erosion", "drainage", "status"):
+            np.testing.assert_allclose(getattr(four, k), getattr(one, k), rtol=1e-13,
+                                       atol=1e-13, err_msg=k)
+    print("SHARDED OK")
+""")
+
+
+def test_sharded_over_four_cpu_devices_equals_unsharded():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and "SHARDED OK" in res.stdout, res.stderr[-3000:]

@@ -10,6 +10,9 @@ python -m regv1_jax simulate --site Yanhe-basin --start 1995 --end 2015 \
 python -m regv1_jax equilibria --region LoessPlateau --map 400 \
     --params data/parameter_sets/loess_bistable.json --out "$tmp/eq"
 cp "$tmp/eq/bifurcation.png" docs/img/bifurcation_loess_bistable.png
+python -m regv1_jax equilibria --region ChihuahuanDesert --map 250 --sweep 150:450:31 \
+    --params data/parameter_sets/jornada_drought_collapse.json --out "$tmp/eqd"
+cp "$tmp/eqd/bifurcation.png" docs/img/bifurcation_jornada.png
 python -m regv1_jax calibrate --site Yanhe-basin --out "$tmp/yanhe"
 cp "$tmp/yanhe/fit.png" docs/img/calibrate_yanhe_fit.png
 python -m regv1_jax calibrate --site Yanhe-basin-synthetic --out "$tmp/twin"

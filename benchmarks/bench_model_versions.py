@@ -10,7 +10,8 @@ of model v1) into a temporary worktree; each version runs in its own fresh Pytho
 
 * ``vmap_rk4``: ``jit(vmap(simulate(method="rk4")))`` — the same solver code in both
   versions, so the ratio isolates the cost of the right-hand side and the initial state;
-* ``ensemble``: each version's own ``simulate_ensemble`` (the library default).
+* ``ensemble``: each version's own ``simulate_ensemble`` (the library default; the committed
+  result predates the generated C++ kernel, so both versions ran the batch-last XLA path).
 
 Problem: Yanhe 1995-2015 (21 years), RK4 12 steps/yr, float32, B LoessPlateau prior draws.
 Writes ``benchmarks/results/model_versions_<host>.json``.

@@ -55,10 +55,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import loadavg, run_header  # noqa: E402
 from types import SimpleNamespace
 
 import numpy as np
+from _machine import loadavg, run_header  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -177,11 +177,17 @@ class NumpyObjective:
         """Annual outputs of one numpy solve; None when solve_ivp fails."""
         from scipy.integrate import solve_ivp
 
-        from regv1_jax._model import LAYER_DEPTHS_M, SOM_PER_C, initial_state, vector_field_numpy
+        from regv1_jax._model import (
+            LAYER_DEPTHS_M,
+            SOM_PER_C,
+            initial_state,
+            vector_field_numpy,
+            year_drivers,
+        )
 
         lay, f = self.layout, self.f
         self.n_solves += 1
-        y = np.asarray(initial_state(p, lay, xp=np), dtype=np.float64)
+        y = np.asarray(initial_state(p, year_drivers(p, f), lay, xp=np), dtype=np.float64)
         starts, mids, ends = [], [], []
         for k in range(self.n_years):
             def rhs(_t, yy, tau=k + 0.5):   # the forcing of year k, also at its right end
@@ -451,7 +457,7 @@ def profile_jax(space, p_warm, forcing, targets, methods):
     import jax.numpy as jnp
 
     from regv1_jax._calibrate import SEED_STAGES, CalibrationConfig, _mask_tree, _stack, _weights
-    from regv1_jax._model import Layout, initial_state, vector_field
+    from regv1_jax._model import Layout, initial_state, vector_field, year_drivers
 
     out = {}
     st = SEED_STAGES[-1]
@@ -488,7 +494,8 @@ def profile_jax(space, p_warm, forcing, targets, methods):
             def steps(p):
                 sol = dfx.diffeqsolve(
                     dfx.ODETerm(vector_field), dfx.Tsit5(), t0=0.0, t1=float(n), dt0=0.05,
-                    y0=initial_state(p, layout), args=(p, forcing, layout),
+                    y0=initial_state(p, year_drivers(p, forcing), layout),
+                    args=(p, forcing, layout),
                     saveat=dfx.SaveAt(ts=jnp.arange(2 * n + 1) * 0.5),
                     stepsize_controller=dfx.PIDController(
                         rtol=cfg.rtol, atol=cfg.atol, jump_ts=forcing.jump_ts(jnp.float64)),

@@ -99,9 +99,10 @@ def scipy_yearly_grid(p_np, f_np, layout, method, rtol, atol, stats=None):
     import numpy as np
     from scipy.integrate import solve_ivp
 
-    from regv1_jax._model import initial_state, vector_field_numpy
+    from regv1_jax._model import initial_state, vector_field_numpy, year_drivers
 
-    y = np.asarray(initial_state(p_np, layout, xp=np), dtype=np.float64)
+    y = np.asarray(initial_state(p_np, year_drivers(p_np, f_np), layout, xp=np),
+                   dtype=np.float64)
     grid = [y]
     for k in range(f_np.n_years):
         def rhs(_t, yy, tau=k + 0.5):
@@ -333,7 +334,7 @@ def run(args):
         print(f"  diffrax_tsit5_vmap n={n}: {n / m:.0f} solves/s", flush=True)
 
     # ---- the scipy peer ------------------------------------------------------------------
-    from regv1_jax._model import initial_state, vector_field_numpy
+    from regv1_jax._model import initial_state, vector_field_numpy, year_drivers
 
     m = args.scipy_sample
     sample = space.sample_prior(jax.random.fold_in(key, 11), m, dtype=jnp.float64)
@@ -341,7 +342,7 @@ def run(args):
     p_list = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i], dtype=np.float64), sample)
               for i in range(m)]
     light = [light_inputs(p_np, f_np) for p_np in p_list]
-    y0 = initial_state(p_list[0], layout, xp=np)
+    y0 = initial_state(p_list[0], year_drivers(p_list[0], f_np), layout, xp=np)
     assert np.array_equal(vector_field_numpy(0.5, y0, p_list[0], f_np, layout),
                           vector_field_numpy(0.5, y0, *light[0], layout))
     scipy_rates = {}

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from regv1_jax._model import Drivers, Layout, drivers, initial_state, rate_terms
+from regv1_jax._model import Drivers, Layout, drivers, initial_state, rate_terms, year_drivers
 from regv1_jax._params import PARAM_NAMES
 
 
@@ -32,7 +32,8 @@ def numpy_rk4(params, forcing, layout: Layout, steps_per_year=12, dtype=np.float
     p = _numpy_params(params, dtype)
     f = forcing.numpy()
     h = 1.0 / steps_per_year
-    y = tuple(np.asarray(c, dtype=dtype) for c in initial_state(p, layout, xp=np))
+    y = tuple(np.asarray(c, dtype=dtype)
+              for c in initial_state(p, year_drivers(p, f), layout, xp=np))
     grid = [np.stack(y)]
     B = y[0].shape[0]
     for k in range(f.n_years):
@@ -64,29 +65,36 @@ def _numba_kernel():
     ix = {name: i for i, name in enumerate(PARAM_NAMES)}
     (r_V, K_V, l1, l2, th_s, som_s, a1, a2, eta1, tau_VS, tau_SH, s_plant, Z_r, th_fc, th_wp,
      ET_p, e_s, c_R, gam, omega, b_V, b_eng, k_L, c_L, k_E, m_E, c_E, omega_E, e_C, rho_b,
-     f_0, f_1, f_2, m_1, m_2, i_ref) = [ix[k] for k in (
+     f_0, f_1, f_2, m_1, m_2, i_ref, m_D, k_I) = [ix[k] for k in (
         "r_V", "K_V", "lambda1", "lambda2", "theta_star", "SOM_star", "a1", "a2", "eta1",
         "tau_VS", "tau_SH", "s_plant", "Z_r", "theta_fc", "theta_wp", "ET_p", "e_s", "c_R",
         "gamma", "omega", "b_V", "b_eng", "k_L", "c_L", "k_E", "m_E", "c_E", "omega_E", "e_C",
-        "rho_b", "f_0", "f_1", "f_2", "m_1", "m_2", "i_ref")]
+        "rho_b", "f_0", "f_1", "f_2", "m_1", "m_2", "i_ref", "m_D", "k_I")]
     TINY = 1e-30
+    EPS_F, EPS_D = 1e-3, 1e-2  # smoothing of max(F, 0) and of the drought deficit
 
     @numba.njit(inline="always", fastmath=True)
     def rhs(y, q, P, ri, ei, pp, pe, n, k):
         V, C0, C1, C2, th = y[0], y[1], y[2], y[3], y[4]
         som = 0.1724 * (C0 + C1) / (q[rho_b] * 0.2)
-        net = q[r_V] + q[l1] * (th - q[th_s]) + q[l2] * (som - q[som_s])
-        k[0] = V * (1.0 - V / q[K_V]) * net + q[s_plant] * pp * (q[K_V] - V)
+        fc = q[th_fc] + q[eta1] * y[4 + 2 * n] / q[Z_r]
+        rel = min(max((th - q[th_wp]) / (fc - q[th_wp]), 0.0), 1.0)
+        F = q[l1] * (th - q[th_s]) + q[l2] * (som - q[som_s])
+        Fp = 0.5 * (F + np.sqrt(F * F + EPS_F * EPS_F))
+        x = (q[th_s] - th) / (q[th_s] - q[th_wp])
+        D = min(0.5 * (x + np.sqrt(x * x + EPS_D * EPS_D)), 1.0)
+        k[0] = (V * ((q[r_V] * rel + Fp) * (1.0 - V / q[K_V]) - (Fp - F) - q[m_D] * D)
+                + q[s_plant] * pp * rel * (q[K_V] - V))
         kx = n / q[tau_VS]
         ky = n / q[tau_SH]
         for j in range(n):
             k[5 + j] = kx * ((V if j == 0 else y[4 + j]) - y[5 + j])
             k[5 + n + j] = ky * ((som if j == 0 else y[4 + n + j]) - y[5 + n + j])
-        fc = q[th_fc] + q[eta1] * y[4 + 2 * n] / q[Z_r]
         log_rel = np.log(max(th / fc, TINY))
         g = np.exp(q[gam] * min(log_rel, 0.0))
-        Rc = q[c_R] * ri * g * (1.0 - q[b_V] * V) * (1.0 - q[b_eng] * pe)
-        rel = min(max((th - q[th_wp]) / (fc - q[th_wp]), 0.0), 1.0)
+        hI = V * (1.0 + q[k_I]) / (V + q[k_I])
+        raw = q[c_R] * ri * g * (1.0 - q[b_V] * hI) * (1.0 - q[b_eng] * pe)
+        Rc = raw / (1.0 + raw ** 8) ** 0.125
         ET = q[ET_p] * (q[e_s] + (1.0 - q[e_s]) * V) * rel
         L = q[k_L] * np.exp(q[c_L] * log_rel)
         Q = P * Rc
@@ -94,7 +102,7 @@ def _numba_kernel():
         E = q[k_E] * np.exp(q[m_E] * np.log(max(Q, TINY)) - q[c_E] * V * ei) * (1.0 - pe)
         inp = q[a1] * y[4 + n] / (q[f_0] + q[f_1] + q[f_2])
         M0 = 1000.0 * q[rho_b] * 0.1
-        k[1] = inp * q[f_0] - q[a2] * C0 - q[e_C] * (0.1 * E) * C0 / M0
+        k[1] = inp * q[f_0] - (q[a2] + q[e_C] * (0.1 * E) / M0) * C0
         k[2] = inp * q[f_1] - q[a2] * q[m_1] * C1
         k[3] = inp * q[f_2] - q[a2] * q[m_2] * C2
         k[5 + 2 * n] = Q
@@ -150,7 +158,8 @@ def numba_rk4(params, forcing, layout: Layout, steps_per_year=12, dtype=np.float
     p = _numpy_params(params, np.float64)
     prm = np.ascontiguousarray(np.stack([getattr(p, k) for k in PARAM_NAMES]))
     y0 = np.ascontiguousarray(np.stack(
-        [np.asarray(c, dtype=np.float64) for c in initial_state(p, layout, xp=np)]))
+        [np.asarray(c, dtype=np.float64)
+         for c in initial_state(p, year_drivers(p, forcing.numpy()), layout, xp=np)]))
     f = forcing.numpy()
     cast = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
     out = np.empty((2 * f.n_years + 1,) + y0.shape, dtype=np.float64)

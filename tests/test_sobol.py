@@ -126,6 +126,8 @@ def test_failed_blocks_are_dropped():
 def test_dgsm_bounds_ishigami_total_indices():
     U = saltelli_base(4096, 3, seed=1)[:, :3]
     res = dgsm(ishigami_unit, U, np.full(3, 2 * math.pi), _V)
+    rev = dgsm(ishigami_unit, U, np.full(3, 2 * math.pi), _V, mode="reverse")
+    np.testing.assert_allclose(rev.nu, res.nu, rtol=1e-12)
     # nu_1 = E[cos^2 x1 (1 + b x3^4)^2] = 0.5 E[(1 + b x3^4)^2]
     nu1 = 0.5 * (1 + 2 * B_ISH * math.pi**4 / 5 + B_ISH**2 * math.pi**8 / 9)
     np.testing.assert_allclose(res.nu[0], nu1, rtol=0.02)
@@ -135,35 +137,40 @@ def test_dgsm_bounds_ishigami_total_indices():
 @pytest.fixture(scope="module")
 def loess():
     space = r.load_param_space("LoessPlateau")
-    f = r.make_forcing(1995, 2010, rainfall=450.0, intensity=1.0,
-                       psi_plant=r.grain_for_green(1995, 2010))
-    ctx = QoIContext(1995, 2010, planting_start=1999, MAP_mm=450.0)
+    f = r.make_forcing(1995, 2005, rainfall=450.0, intensity=1.0,
+                       psi_plant=r.grain_for_green(1995, 2005))
+    ctx = QoIContext(1995, 2005, planting_start=1999, MAP_mm=450.0)
     return space, f, ctx
 
 
 def test_qois_match_direct_definitions(loess):
     space, f, ctx = loess
     p = space.sample_prior(jax.random.PRNGKey(0), 8, dtype=jnp.float64)
-    sim = jax.vmap(lambda q: r.simulate(q, f, method="rk4"))(p)
-    years = np.arange(1995, 2011)
+    sim = r.simulate_ensemble(p, f)  # = vmap of simulate(method="rk4"): test_ensemble
+    years = np.arange(1995, 2006)
     V = np.asarray(sim.V)
-    for name, want in [("V:2005", V[:, 10]), ("V:2000-2004", V[:, 5:10].mean(1)),
+    for name, want in [("V:2003", V[:, 8]), ("V:2000-2004", V[:, 5:10].mean(1)),
                        ("runoff_decrease", np.asarray(sim.runoff)[:, years < 1999].mean(1)
                         - np.asarray(sim.runoff)[:, years >= 2002].mean(1))]:
-        ev = evaluate(p, f, make_qoi(name, ctx), chunk=3)
+        ev = evaluate(p, f, make_qoi(name, ctx), chunk=4)
         np.testing.assert_allclose(ev.values, want, rtol=1e-10, err_msg=name)
         assert np.all(ev.status == 0)
-    soc = evaluate(p, f, make_qoi("soc_sequestration", ctx), chunk=8).values
-    wy = evaluate(p, f, make_qoi("water_yield_decrease", ctx), chunk=8).values
-    assert np.all(np.isfinite(soc)) and np.all(np.isfinite(wy))
+    soc = evaluate(p, f, make_qoi("soc_sequestration", ctx), chunk=4).values
+    C = 10 * np.sum(np.asarray(sim.SOM_layers)[:, :, :2] * np.asarray(p.rho_b)[:, None, None]
+                    * np.array([0.1, 0.1]), axis=-1) / 0.1724  # Mg C/ha, 0-20 cm
+    np.testing.assert_allclose(soc, (C[:, -1] - C[:, 3]) / 7, rtol=1e-10)
+    wy = evaluate(p, f, make_qoi("water_yield_decrease", ctx), chunk=4).values
+    assert np.all(np.isfinite(wy))
     with pytest.raises(ValueError, match="unknown column"):
         make_qoi("X:2000", ctx)
     with pytest.raises(ValueError, match="outside the simulated years"):
         make_qoi("V:2030", ctx)
     with pytest.raises(ValueError, match="unknown quantity"):
         make_qoi("nonsense", ctx)
+    assert make_qoi("V_crit", ctx).scenarios == ()  # evaluated in a slow test
 
 
+@pytest.mark.slow
 def test_v_crit_qoi_equals_equilibria(loess):
     space, f, ctx = loess
     p = space.sample_prior(jax.random.PRNGKey(1), 3, dtype=jnp.float64)
@@ -178,10 +185,12 @@ def test_v_crit_qoi_equals_equilibria(loess):
 
 def test_streaming_store_and_resume(loess, tmp_path):
     space, f, ctx = loess
-    p = space.sample_prior(jax.random.PRNGKey(2), 10, dtype=jnp.float64)
-    q = make_qoi("V:2010", ctx)
-    full = evaluate(p, f, q, chunk=10)
-    store = ChunkStore(tmp_path, {"study": "t"}, 10, 4)
+    p = space.sample_prior(jax.random.PRNGKey(2), 12, dtype=jnp.float64)
+    q = make_qoi("V:2005", ctx)
+    full = evaluate(p, f, q, chunk=4)
+    np.testing.assert_allclose(full.values, np.asarray(r.simulate_ensemble(p, f).V[:, -1]),
+                               rtol=1e-12)
+    store = ChunkStore(tmp_path, {"study": "t"}, 12, 4)
     a = evaluate(p, f, q, chunk=4, store=store)
     np.testing.assert_allclose(a.values, full.values, rtol=1e-12)
     assert sorted(x.name for x in tmp_path.glob("chunk_*.npz")) == [
@@ -195,22 +204,22 @@ def test_streaming_store_and_resume(loess, tmp_path):
         calls.append(x)
         return jnp.zeros(1), jnp.zeros(1, jnp.int32)
 
-    ev = map_chunks(fn, lambda lo, hi: lo, 10, chunk=4, store=store, resume=True)
+    ev = map_chunks(fn, lambda lo, hi: lo, 12, chunk=4, store=store, resume=True)
     assert calls == [4, 8] and ev.chunks_resumed == 1
     np.testing.assert_allclose(ev.values[:4], full.values[:4], rtol=1e-12)
     with pytest.raises(ValueError, match="other settings"):
-        ChunkStore(tmp_path, {"study": "other"}, 10, 4).open(resume=True)
+        ChunkStore(tmp_path, {"study": "other"}, 12, 4).open(resume=True)
 
 
 def test_model_sobol_smoke_and_dgsm_bound(loess):
     space, f, ctx = loess
-    s = sobol_study(space, f, make_qoi("V:2010", ctx), names=("r_V", "K_V", "theta_star"),
+    s = sobol_study(space, f, make_qoi("V:2005", ctx), names=("r_V", "K_V", "theta_star"),
                     N=64, second_order=True, dtype=jnp.float64, chunk=512, dgsm_n=32)
     i = s.indices
     assert s.n_rows == 64 * 8 and s.failed_blocks == 0
     assert np.all(np.isfinite(i.S1)) and np.all(np.isfinite(i.ST))
     assert np.all(i.ST > -0.05) and np.sum(i.S1) < 1.2
-    # K_V (the carrying capacity) matters for the 2010 cover.
+    # K_V (the carrying capacity) matters for the 2005 cover.
     assert i.ST[1] > 0.05
     # DGSM bound, with slack for the small sample.
     assert np.all(i.ST <= 1.5 * s.dgsm.bound + 0.05), (i.ST, s.dgsm.bound)
@@ -223,8 +232,8 @@ import regv1_jax as r
 from regv1_jax.analysis import QoIContext, evaluate, make_qoi
 assert len(jax.devices()) == 4
 space = r.load_param_space("LoessPlateau")
-f = r.make_forcing(1995, 2010, rainfall=450.0, psi_plant=r.grain_for_green(1995, 2010))
-q = make_qoi("runoff_decrease", QoIContext(1995, 2010, 1999, 450.0))
+f = r.make_forcing(1995, 2005, rainfall=450.0, psi_plant=r.grain_for_green(1995, 2005))
+q = make_qoi("runoff_decrease", QoIContext(1995, 2005, 1999, 450.0))
 p = space.sample_prior(jax.random.PRNGKey(4), 2 * 4100, dtype=jnp.float64)
 four = evaluate(p, f, q, chunk=4100)
 one = evaluate(p, f, q, chunk=4100, devices=jax.devices()[:1])
@@ -240,3 +249,38 @@ def test_sharded_evaluation_equals_unsharded():
     res = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0 and "SHARDED OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_cli_sobol_writes_tables_and_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from regv1_jax.cli import main
+
+    out = tmp_path / "s"
+    args = ["sobol", "--region", "LoessPlateau", "--qoi", "V:2005", "--params-subset",
+            "K_V,theta_star", "--n", "16", "--second-order", "--start", "1995", "--end",
+            "2005", "--chunk", "64", "--resamples", "20", "--quiet", "--dtype", "float64",
+            "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "sobol.json").read_text())
+    assert doc["model_runs"] == 16 * 6 and doc["failed_samples"] == 0
+    assert doc["qoi"]["units"] == "fraction" and doc["sampling"]["K_V"]["lower"] > 0
+    import pandas as pd
+
+    t = pd.read_csv(out / "sobol.csv")
+    assert list(t.columns) == ["parameter", "S1", "S1_lo", "S1_hi", "ST", "ST_lo", "ST_hi"]
+    assert len(pd.read_csv(out / "sobol_s2.csv")) == 1
+    assert (out / "sobol.png").exists() and (out / "manifest.json").exists()
+    assert not (tmp_path / "s.chunks").exists()
+    # --resume with nothing stored computes everything (resuming: test_streaming_...).
+    res = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "s2"), "--resume"])
+    assert res.exit_code == 0, res.output
+    t2 = pd.read_csv(tmp_path / "s2" / "sobol.csv")
+    np.testing.assert_allclose(t2["ST"], t["ST"], rtol=1e-12)
+    for bad, msg in [(["--n", "24"], "power of two"), (["--qoi", "Q:2000"], "unknown column"),
+                     (["--params-subset", "K_V,nope"], "unknown parameter")]:
+        a = list(args)
+        a[a.index(bad[0]) + 1] = bad[1]
+        res = CliRunner().invoke(main, a[:-1] + [str(tmp_path / "bad")])
+        assert res.exit_code != 0 and msg in res.output and "Traceback" not in res.output

@@ -2,9 +2,10 @@
 
 For inputs x_i uniform on [a_i, b_i] (here: a parameter on its sampling scale, log for
 log-scale parameters), ``nu_i = E[(df/dx_i)^2]`` and (Sobol' & Kucherenko 2009, Lamboni et
-al. 2013) ``ST_i <= (b_i - a_i)^2 nu_i / (pi^2 Var f)``.  Gradients come from ``jax.grad``
-(reverse mode through the fixed-step RK4 solve for the model), mapped over the sample
-rows in batches.
+al. 2013) ``ST_i <= (b_i - a_i)^2 nu_i / (pi^2 Var f)``.  Gradients come from ``jax.jacfwd``
+(forward mode through the fixed-step RK4 solve for the model: with d <= ~20 inputs and a
+state of ~20 components it compiles in half the time of reverse mode and runs as fast)
+or ``jax.grad`` (``mode="reverse"``), mapped over the sample rows in batches.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class DGSM:
     n_failed: int
 
 
-def dgsm(f_unit: Callable, U, widths, variance: float, *, batch_size: int = 256) -> DGSM:
+def dgsm(f_unit: Callable, U, widths, variance: float, *, batch_size: int = 256,
+         mode: str = "forward") -> DGSM:
     """DGSM of ``f_unit`` (unit-cube point ``(k,)`` -> scalar) over the rows of ``U``.
 
     **Arguments:**
@@ -48,13 +50,16 @@ def dgsm(f_unit: Callable, U, widths, variance: float, *, batch_size: int = 256)
     - `U`: sample points ``(n, k)`` in [0, 1]^k (e.g. the A rows of the Saltelli matrix).
     - `widths`: ``w_i = b_i - a_i`` ``(k,)`` on each input's scale.
     - `variance`: Var f (of the Sobol' sample: the denominator of the indices).
+    - `mode`: ``"forward"`` (``jax.jacfwd``) or ``"reverse"`` (``jax.grad``).
 
     **Returns:**
 
     :class:`DGSM`; rows whose gradient is not finite are dropped and counted.
     """
     w = np.asarray(widths, float)
-    G = np.asarray(_grads(f_unit, jnp.asarray(U), batch_size))  # df/du, (n, k)
+    if mode not in ("forward", "reverse"):
+        raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
+    G = np.asarray(_grads(f_unit, jnp.asarray(U), batch_size, mode))  # df/du, (n, k)
     good = np.all(np.isfinite(G), axis=1)
     Gx = G[good] / w  # df/dx = (df/du) / w
     nu = np.mean(Gx**2, axis=0)
@@ -62,8 +67,9 @@ def dgsm(f_unit: Callable, U, widths, variance: float, *, batch_size: int = 256)
     return DGSM(nu, bound, float(variance), int(good.sum()), int((~good).sum()))
 
 
-def _grads(f_unit, U, batch_size):
-    return jax.jit(lambda U: jax.lax.map(jax.grad(f_unit), U, batch_size=batch_size))(U)
+def _grads(f_unit, U, batch_size, mode):
+    d = jax.jacfwd(f_unit) if mode == "forward" else jax.grad(f_unit)
+    return jax.jit(lambda U: jax.lax.map(d, U, batch_size=batch_size))(U)
 
 
 def model_unit_fn(qoi: QoI, forcing: Forcing, names, specs: list[ParamSpec], base: Params,

@@ -19,6 +19,7 @@ the blocks (fixed shape, vmapped), percentile interval and the SALib-style norma
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -89,13 +90,18 @@ def block_ok(status: np.ndarray, d: int, second_order: bool) -> np.ndarray:
                   axis=1)
 
 
-def _indices(A, B, AB, BA):
-    var = jnp.var(jnp.concatenate([A, B]))
-    S1 = jnp.mean(B[:, None] * (AB - A[:, None]), axis=0) / var
-    ST = 0.5 * jnp.mean((A[:, None] - AB) ** 2, axis=0) / var
+def _indices(w, A, B, AB, BA):
+    """The estimators with block weights ``w (N,)`` (ones: the point estimate; bootstrap
+    counts: one resample, the same numbers as indexing the resampled rows).  Every mean is
+    a weighted sum, so a resample costs matrix products, not gathers of ``(N, d, d)``."""
+    n = jnp.sum(w)
+    m = (w @ A + w @ B) / (2 * n)
+    var = (w @ (A * A) + w @ (B * B)) / (2 * n) - m * m
+    S1 = (w @ (B[:, None] * (AB - A[:, None]))) / n / var
+    ST = 0.5 * (w @ (A[:, None] - AB) ** 2) / n / var
     if BA is None:
         return S1, ST, None
-    V2 = jnp.mean(BA[:, :, None] * AB[:, None, :] - (A * B)[:, None, None], axis=0) / var
+    V2 = ((BA * w[:, None]).T @ AB / n - (w @ (A * B)) / n) / var
     S2 = V2 - S1[:, None] - S1[None, :]
     d = S1.shape[0]
     S2 = jnp.where(jnp.triu(jnp.ones((d, d), bool), k=1), S2, jnp.nan)
@@ -129,18 +135,17 @@ class SobolIndices:
 
 @jax.jit
 def _point(A, B, AB, BA):
-    return _indices(A, B, AB, BA)
+    return _indices(jnp.ones_like(A), A, B, AB, BA)
 
 
+@functools.partial(jax.jit, static_argnames=("num_resamples",))
 def _bootstrap(key, A, B, AB, BA, num_resamples):
+    """``num_resamples`` resamples of the N blocks with replacement, as counts per block."""
     N = A.shape[0]
     idx = jax.random.randint(key, (num_resamples, N), 0, N)
-    return _boot_idx(idx, A, B, AB, BA)
-
-
-@jax.jit
-def _boot_idx(idx, A, B, AB, BA):
-    return jax.vmap(lambda r: _indices(A[r], B[r], AB[r], None if BA is None else BA[r]))(idx)
+    w = jnp.zeros((num_resamples, N), A.dtype).at[
+        jnp.arange(num_resamples)[:, None], idx].add(1.0)
+    return jax.vmap(lambda wr: _indices(wr, A, B, AB, BA))(w)
 
 
 def sobol_indices(

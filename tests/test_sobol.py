@@ -121,6 +121,8 @@ def test_failed_blocks_are_dropped():
     got = sobol_indices(np.where(np.isfinite(Yb), Yb, 0.0), 3, second_order=False, ok=ok)
     np.testing.assert_allclose(got.S1, ref.S1, atol=1e-12)
     assert got.n_blocks == N - 2
+    with pytest.raises(ValueError, match="constant"):
+        sobol_indices(np.ones(5 * 8), 3, second_order=False)
 
 
 def test_dgsm_bounds_ishigami_total_indices():

@@ -184,7 +184,12 @@ def sobol_indices(
     if n_blocks < 2:
         raise ValueError(f"only {n_blocks} complete Saltelli block(s): too many failed "
                          "samples for any index")
-    Y = (Y - jnp.mean(Y)) / jnp.std(Y)
+    sd = float(jnp.std(Y))
+    if not sd > 0:
+        raise ValueError("the quantity of interest is constant over the sample (variance 0"
+                         + (")" if sd == 0 else ", or not finite)") + ": no Sobol' index is "
+                         "defined; choose parameters that it depends on")
+    Y = (Y - jnp.mean(Y)) / sd
     A, B, AB, BA = split_outputs(Y, d, second_order)
     S1, ST, S2 = _point(A, B, AB, BA)
     bS1, bST, bS2 = _bootstrap(jax.random.PRNGKey(seed), A, B, AB, BA, num_resamples)

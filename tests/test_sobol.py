@@ -253,7 +253,7 @@ def test_sharded_evaluation_equals_unsharded():
     assert res.returncode == 0 and "SHARDED OK" in res.stdout, res.stderr[-3000:]
 
 
-def test_cli_sobol_writes_tables_and_resumes(tmp_path):
+def test_cli_sobol_writes_tables_and_rejects_bad_input(tmp_path):
     from click.testing import CliRunner
 
     from regv1_jax.cli import main

@@ -1,0 +1,23 @@
+"""Analyses over the batched engine: the evaluator, quantities of interest, Sobol' and DGSM.
+
+Bootstrap and profile likelihood will plug into :func:`map_chunks` with a vmapped fit.
+"""
+
+from ._dgsm import DGSM as DGSM
+from ._dgsm import dgsm as dgsm
+from ._dgsm import model_unit_fn as model_unit_fn
+from ._evaluate import QOI_NONFINITE as QOI_NONFINITE
+from ._evaluate import ChunkStore as ChunkStore
+from ._evaluate import Evaluation as Evaluation
+from ._evaluate import evaluate as evaluate
+from ._evaluate import map_chunks as map_chunks
+from ._qoi import QoI as QoI
+from ._qoi import QoIContext as QoIContext
+from ._qoi import make_qoi as make_qoi
+from ._sensitivity import DEFAULT_SUBSET as DEFAULT_SUBSET
+from ._sensitivity import SobolStudy as SobolStudy
+from ._sensitivity import sobol_study as sobol_study
+from ._sobol import SobolIndices as SobolIndices
+from ._sobol import saltelli_base as saltelli_base
+from ._sobol import saltelli_matrix as saltelli_matrix
+from ._sobol import sobol_indices as sobol_indices

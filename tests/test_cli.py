@@ -37,9 +37,9 @@ def test_simulate_params_override_and_errors(tmp_path):
     va = pd.read_csv(tmp_path / "a.csv")["V"].iloc[-1]
     vb = pd.read_csv(tmp_path / "b.csv")["V"].iloc[-1]
     assert vb > va
-    over.write_text(json.dumps({"LoessPlateau": {"r_V": {"value": 2.0}}}))
+    over.write_text(json.dumps({"LoessPlateau": {"r_V": {"value": 2.5}}}))
     c = r.invoke(main, base + [str(tmp_path / "c.csv"), "--params", str(over)])
-    assert c.exit_code != 0 and "outside its CI_95" in c.output
+    assert c.exit_code != 0 and "outside its physical bounds" in c.output
     d = r.invoke(main, ["simulate", "--site", "Atlantis", "--start", "1995", "--end", "2000",
                         "--out", str(tmp_path / "d.csv")])
     assert d.exit_code != 0 and "unknown site 'Atlantis'" in d.output

@@ -105,8 +105,14 @@ def test_the_report_names_the_optimiser_and_defines_the_metrics(calibrated):
     md = (out / "report.md").read_text()
     assert "Levenberg-Marquardt" in md and "L-BFGS" not in md
     assert "2 start(s) per stage" in md and "a_vegetation" in md
-    for term in ("**R2**", "**RMSE**", "**rel. RMSE**", "**NSE**", "Nash-Sutcliffe"):
+    for term in ("**R2 (1:1)**", "**r² (corr.)**", "**RMSE**", "**rel. RMSE**", "**NSE**",
+                 "Nash-Sutcliffe", "judged on the 1:1-line R2", "chi²/dof"):
         assert term in md
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "R2_1to1" in metrics["metrics"]["veg_cover_%"]["training"]
+    for name, flags in metrics["parameter_flags"].items():  # the flags travel with metrics
+        assert {"at_bound", "not_identified", "prior_dominated"} <= set(flags), name
+        assert flags["CI_95"][1] > flags["CI_95"][0], name
     metrics = json.loads((out / "metrics.json").read_text())
     C = np.asarray(metrics["identifiability"]["corr"], float)
     names = metrics["identifiability"]["names"]

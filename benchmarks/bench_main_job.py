@@ -4,7 +4,8 @@ the same run, alternating, each a fresh process with the compilation cache off.
     python benchmarks/bench_main_job.py BASE_TREE NEW_TREE [--repeat 2]
         [--out benchmarks/results/main_job_<host>.json]
 
-Both trees are run with ``PYTHONPATH=<tree>`` (the package imported from there); the time
+Both trees are run with ``PYTHONPATH=<tree>`` and the tree as working directory (``-m``
+puts the working directory first on ``sys.path``: the package is imported from there); the time
 includes start-up, compilation, the staged fit, the local analysis and writing the report.
 """
 
@@ -27,9 +28,19 @@ def run(tree: str) -> dict:
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "regv1_jax", "calibrate", "--site",
                             "Yanhe-basin", "--out", str(Path(tmp) / "out")], env=env,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, cwd=tree)
         wall = time.perf_counter() - t0
-    return {"tree": tree, "wall_s": wall, "rc": p.returncode,
+        summary = {}
+        pj = Path(tmp) / "out" / "params.json"
+        if pj.exists():
+            doc = json.loads(pj.read_text())
+            block = next(v for k, v in doc.items() if not k.startswith("_"))
+            cal = {n: e for n, e in block.items() if e.get("source") == "calibrated"}
+            summary = {n: {"value": e["value"], "CI_95": e["CI_95"],
+                           "flags": e.get("flags", "")} for n, e in cal.items()}
+    first = p.stdout.splitlines()[:1]
+    return {"tree": tree, "wall_s": wall, "rc": p.returncode, "first_line": first,
+            "calibrated": summary,
             "tail": (p.stdout + p.stderr)[-1500:]}
 
 

@@ -642,8 +642,12 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     s_best = np.asarray(sens)[best]
     s_free = np.array([s_best[names_all.index(n)] for n in stage.free])
     s_max = float(np.max(np.where(np.isfinite(s_free), s_free, 0.0)))
+    # A parameter at a physical bound has a zero column too (the transform is saturated):
+    # it stays at the bound (flagged at_bound below), it is not "held".
+    bound_now = set(_at_bound(space, p_best, stage.free))
     held = tuple(n for n, v in zip(stage.free, s_free)
-                 if not (np.isfinite(v) and v > 1e-9 * max(s_max, 1e-300) and v > 0))
+                 if n not in bound_now
+                 and not (np.isfinite(v) and v > 1e-9 * max(s_max, 1e-300) and v > 0))
     if held:
         p_best = p_best.replace(**{n: getattr(base, n) for n in held})
     fitted = tuple(n for n in stage.free if n not in held)

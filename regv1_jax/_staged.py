@@ -157,7 +157,9 @@ def fit_staged(base: Params, problem: StagedProblem, forcing: Forcing, targets: 
         s_best = sens[best]
         s_max = jnp.max(jnp.where(mask_vec & jnp.isfinite(s_best), s_best, 0.0))
         fitted = mask_vec & jnp.isfinite(s_best) & (s_best > 1e-9 * jnp.maximum(s_max, 1e-300))
-        fitted = fitted & (s_best > 0)
+        # At a physical bound the column is zero because the transform is saturated: such a
+        # parameter stays at the bound (status at_bound), it is not held.
+        fitted = (fitted & (s_best > 0)) | (mask_vec & (jnp.abs(u[best]) >= AT_BOUND_U))
         u_new = jnp.where(fitted, u[best], u_in)
         loss_b = final[best]
         tail = traces[best, -11:]

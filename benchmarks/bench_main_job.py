@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 
-def run(tree: str) -> dict:
+def run(tree: str, extra=()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": tree, "REGV1_NO_CACHE": "1"}
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "regv1_jax", "calibrate", "--site",
-                            "Yanhe-basin", "--out", str(Path(tmp) / "out")], env=env,
+                            "Yanhe-basin", "--out", str(Path(tmp) / "out"), *extra], env=env,
                            capture_output=True, text=True, cwd=tree)
         wall = time.perf_counter() - t0
         summary = {}
@@ -49,17 +49,21 @@ def main():
     ap.add_argument("base")
     ap.add_argument("new")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--new-args", default="",
+                    help="extra options for the new tree only, e.g. '--end 2015 --holdout "
+                    "2011-2015' (the old default years)")
     ap.add_argument("--out", default=f"benchmarks/results/main_job_{socket.gethostname()}.json")
     a = ap.parse_args()
     runs = []
     for _ in range(a.repeat):
         for tree in (a.base, a.new):
-            r = run(tree)
+            r = run(tree, a.new_args.split() if tree == a.new else ())
             runs.append(r)
             print(f"{tree}: {r['wall_s']:.1f} s (rc {r['rc']})", flush=True)
     best = {t: min(r["wall_s"] for r in runs if r["tree"] == t and r["rc"] == 0)
             for t in (a.base, a.new) if any(r["tree"] == t and r["rc"] == 0 for r in runs)}
     doc = {"host": socket.gethostname(), "cpus": os.cpu_count(), "runs": runs,
+           "new_args": a.new_args,
            "best_s": best, "note": "min over repeats; alternating order; cache off; the "
            "machine was shared with other jobs"}
     if a.base in best and a.new in best:

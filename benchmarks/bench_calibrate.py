@@ -151,9 +151,10 @@ class NumpyObjective:
 
     # -- transforms (numpy copies of ParamSpace.to_unconstrained / to_constrained) ----------
     def _scale(self, spec, x):
-        if spec.scale == "log":
-            return math.log(spec.lower), math.log(spec.upper), np.log(x)
-        return spec.lower, spec.upper, x
+        # The transform acts inside the physical bounds, on the transform's scale.
+        if spec.transform_scale == "log":
+            return math.log(spec.bound_lower), math.log(spec.bound_upper), np.log(x)
+        return spec.bound_lower, spec.bound_upper, x
 
     def unconstrained(self, name, x):
 
@@ -169,8 +170,8 @@ class NumpyObjective:
         spec = self.specs[name]
         lo, hi, _ = self._scale(spec, 1.0)
         y = lo + (hi - lo) * expit(np.float64(z))
-        y = np.exp(y) if spec.scale == "log" else y
-        return float(np.clip(y, spec.lower, spec.upper))
+        y = np.exp(y) if spec.transform_scale == "log" else y
+        return float(np.clip(y, spec.bound_lower, spec.bound_upper))
 
     # -- model ------------------------------------------------------------------------------
     def simulate(self, p):

@@ -35,7 +35,7 @@ from ._params import FreeSet, Params, ParamSpace
 from ._solve import simulate
 
 __all__ = ["Stage", "SEED_STAGES", "CalibrationConfig", "CalibrationError", "StageResult",
-           "run_stage", "calibrate_stages", "load_config", "residual_fn"]
+           "STAGE_STATUS", "run_stage", "calibrate_stages", "load_config", "residual_fn"]
 
 
 class CalibrationError(ValueError):
@@ -108,9 +108,10 @@ class CalibrationConfig:
     rtol: float = 1e-6
     atol: float = 1e-6
     steps_per_year: int = 12
-    holdout: tuple[int, int] | None = (2011, 2015)
+    holdout: tuple[int, int] | str | None = "auto"  # "auto": last ~20% of observed years
     seed: int = 0
     prior_weight: float = 1.0  # 0: plain weighted least squares (twin experiments)
+    initial_state: str = "data"  # V0, SOM0 from the first year's observation, else prior
     events: EventConstraints = SEED_EVENTS
 
 
@@ -138,11 +139,12 @@ def _one_of(*choices):
 
 
 def _check_holdout(v):
-    if v is None:
+    if v is None or v == "auto":
         return None
     if (not isinstance(v, (list, tuple)) or len(v) != 2
             or any(isinstance(y, bool) or not isinstance(y, int) for y in v) or v[0] > v[1]):
-        return "must be null or [first_year, last_year] (integers, first <= last)"
+        return ("must be \"auto\", null or [first_year, last_year] (integers, "
+                "first <= last)")
     return None
 
 
@@ -181,12 +183,16 @@ CONFIG_KEYS: dict[str, tuple[str, Callable]] = {
     "rtol": ("relative tolerance of tsit5 (number > 0)", _number(0)),
     "atol": ("absolute tolerance of tsit5 (number > 0)", _number(0)),
     "steps_per_year": ("rk4 steps per year (even integer >= 2)", _check_steps_per_year),
-    "holdout": ("[first_year, last_year] kept out of the fit and scored separately, or null",
-                _check_holdout),
+    "holdout": ("[first_year, last_year] kept out of the fit and scored separately, null (none) "
+                "or \"auto\" (default: the last ~20% of the years with observations, at "
+                "least 5 observed years)", _check_holdout),
     "seed": ("random seed of the prior draws that start the fit (integer >= 0)",
              _int_at_least(0)),
     "prior_weight": ("weight of the prior penalty (number >= 0; 0: plain weighted least "
                      "squares)", _number(0, strict=False)),
+    "initial_state": ("\"data\": V0 and SOM0 from the cover and SOM observed in the first "
+                      "simulated year (where observed; else the prior), or \"prior\"",
+                      _one_of("data", "prior")),
 }
 
 
@@ -249,14 +255,29 @@ def load_config(path: str | Path, base: CalibrationConfig | None = None) -> Cali
                 raise CalibrationError(f"{path}: stage {i} needs a name and a list of free "
                                        f"parameters ({err})") from err
         kw["stages"] = tuple(stages)
-    if "holdout" in kw and kw["holdout"] is not None:
+    if "holdout" in kw and kw["holdout"] not in (None, "auto"):
         kw["holdout"] = tuple(kw["holdout"])
     return dataclasses.replace(base, **kw)
 
 
+# Per-stage status codes (StageResult.status).
+STAGE_STATUS = {
+    "ok": "converged",
+    "not_converged": "stopped before the convergence test passed",
+    "at_bound": "a parameter ended at its physical bound (no convergence claimed: the "
+                "gradient of the saturated transform is zero there)",
+    "skipped": "not run (no data for its variables, or too few constraints without a prior)",
+    "failed": "every start diverged; parameters left at their incoming values",
+}
+
+
 @dataclasses.dataclass
 class StageResult:
-    """What a stage did: its values and how the optimiser got there."""
+    """What a stage did: its values and how the optimiser got there.
+
+    ``fitted``: the free parameters the data moved; ``held``: free parameters held at
+    their incoming values because no data row of the stage is sensitive to them;
+    ``status``: a key of ``STAGE_STATUS``; ``note``: what happened, in words."""
 
     name: str
     free: tuple[str, ...]
@@ -274,6 +295,12 @@ class StageResult:
     n_starts: int = 0
     dropped_starts: tuple[int, ...] = ()
     start_losses: tuple[float, ...] = ()
+    fitted: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()
+    at_bound: tuple[str, ...] = ()
+    status: str = "ok"
+    note: str = ""
+    n_constraints: int = 0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -334,8 +361,11 @@ class _Settings:
                    cfg.lm_steps if cfg.optimizer == "lm" else cfg.lbfgs_steps, cfg.events)
 
 
-def _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg, adjoint):
-    """Stacked residuals: data (weighted by stage), event constraints, prior (free only).
+def _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg, adjoint,
+               cell_w=None):
+    """Stacked residuals: data (weighted by stage, and per cell by ``cell_w``, shape
+    ``(len(TARGET_VARIABLES) * n_years,)``, when given), event constraints, prior (free
+    only).
 
     0.5 * |r|^2 is the stage's negative log posterior up to a constant.
     """
@@ -345,6 +375,8 @@ def _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg
     r_data = data_residuals(sim, targets, TARGET_VARIABLES)
     n = forcing.n_years
     r_data = r_data * jnp.repeat(jnp.sqrt(var_w), n)
+    if cell_w is not None:
+        r_data = r_data * jnp.sqrt(cell_w)
     r_ev = jnp.sqrt(ev_w) * event_residuals(p, cfg.events)
     r_prior = jnp.sqrt(prior_w) * _prior_residuals(space, p, mask)
     return jnp.concatenate([r_data, r_ev, r_prior])
@@ -435,7 +467,8 @@ def _levenberg_marquardt(res, u0, S, cfg):
 
     At most ``lm_steps`` iterations in a ``lax.while_loop`` that stops once a step gains
     less than ``LM_FTOL`` of the cost (under ``vmap``: once every start has); each evaluates
-    the residuals and their forward-mode Jacobian (``jax.jacfwd``, K tangent solves in one pass) at the trial point
+    the residuals and their forward-mode Jacobian (``jax.jacfwd``, K tangent solves in one
+    pass) at the trial point
     and accepts it only if the cost falls (else the damping grows).  Returns the final u,
     the cost trace and the gradient J^T r in u's coordinates.
     """
@@ -490,7 +523,10 @@ def _levenberg_marquardt(res, u0, S, cfg):
     it, v, J, r, cost, _, _, trace = jax.lax.while_loop(cond, body, carry)
     # Iterations not run (converged early) repeat the final cost.
     trace = jnp.where(jnp.arange(n_max) >= it, cost, trace)
-    return u0 + S @ v, trace, S @ (J.T @ r), it
+    # Sensitivity of the data rows (all but the prior rows) to each free coordinate.
+    n_prior = u0.shape[0]
+    sens = S @ jnp.sqrt(jnp.sum(J[:-n_prior] ** 2, axis=0))
+    return u0 + S @ v, trace, S @ (J.T @ r), it, sens
 
 
 @eqx.filter_jit
@@ -506,7 +542,9 @@ def _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets, space, 
 
     if cfg.optimizer == "lbfgs":
         n_it = jnp.asarray(cfg.adam_steps + cfg.second_steps)
-        return jax.vmap(lambda u0: (*_optimise(loss, u0, mask_vec, cfg), n_it))(u0s)
+        # No Jacobian here: every free coordinate counts as sensitive.
+        sens = jnp.where(mask_vec, 1.0, 0.0).astype(u0s.dtype)
+        return jax.vmap(lambda u0: (*_optimise(loss, u0, mask_vec, cfg), n_it, sens))(u0s)
 
     # Selection matrix of the free coordinates, padded to MAX_FREE columns (data, not
     # structure: one trace for every stage).
@@ -521,35 +559,60 @@ def _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets, space, 
 
     def one(u0):
         u, t_adam = _adam(loss, u0, mask_vec, cfg)
-        u, t_lm, g, it = _levenberg_marquardt(res, u, S, cfg)
-        return u, jnp.concatenate([t_adam, t_lm]), g, cfg.adam_steps + it
+        u, t_lm, g, it, sens = _levenberg_marquardt(res, u, S, cfg)
+        return u, jnp.concatenate([t_adam, t_lm]), g, cfg.adam_steps + it, sens
 
     return jax.vmap(one)(u0s)
+
+
+def _at_bound(space: ParamSpace, p: Params, names, margin: float = 1e-3) -> tuple[str, ...]:
+    """Names whose value lies within ``margin`` of the physical range (transform scale) of
+    a bound."""
+    out = []
+    for n in names:
+        sp = space.spec(n)
+        x = float(getattr(p, n))
+        if sp.transform_scale == "log":
+            lo, hi, x = np.log(sp.bound_lower), np.log(sp.bound_upper), np.log(max(x, 1e-300))
+        else:
+            lo, hi = sp.bound_lower, sp.bound_upper
+        if min(x - lo, hi - x) <= margin * (hi - lo):
+            out.append(n)
+    return tuple(out)
 
 
 def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
               targets: Targets, cfg: CalibrationConfig, key) -> tuple[Params, StageResult]:
     """Fit one stage from ``base`` (the warm start); other parameters stay frozen.
 
-    A stage with no observed cell (and no event constraints) is skipped, leaving its
-    parameters at their incoming values (the prior unless an earlier stage moved them).
-    Fewer observed cells than free parameters is an error.  Starts whose loss is not
-    finite are dropped and listed; if every start fails, an error.
+    Never raises for lack of data: a stage with no observed cell (and no event
+    constraints) is skipped, leaving its parameters at their incoming values (the prior
+    unless an earlier stage moved them); a stage with fewer constraints than free
+    parameters runs as MAP (the prior penalty determines what the data do not) or, with
+    ``prior_weight`` 0, is skipped.  Free parameters to which no data row of the stage is
+    sensitive are held at their incoming values (``held``).  Starts whose loss is not
+    finite are dropped and listed; if every start fails the stage is ``failed`` and its
+    parameters keep their incoming values.
     """
     stage.check(space)
     counts = targets.count()
     n_obs = sum(counts[v] for v in stage.variables)
     n_constraints = n_obs + (cfg.events.size if stage.events else 0)
     start_values = {n: float(getattr(base, n)) for n in stage.free}
+
+    def skipped(why, status="skipped"):
+        return base, StageResult(stage.name, stage.free, start_values, start_values, n_obs,
+                                 skipped=why, status=status, note=why, held=stage.free,
+                                 n_constraints=n_constraints)
+
     if n_constraints == 0:
-        return base, StageResult(stage.name, stage.free, start_values, start_values, 0,
-                                 skipped="no observations for "
-                                 f"{', '.join(stage.variables)}: parameters left at their "
-                                 "incoming (prior) values")
-    if n_constraints < len(stage.free):
-        raise CalibrationError(
-            f"stage {stage.name!r}: {n_constraints} observations for {len(stage.free)} free "
-            f"parameters ({', '.join(stage.free)}); need at least as many")
+        return skipped(f"no observations for {', '.join(stage.variables)}: parameters left "
+                       "at their incoming (prior) values")
+    under = n_constraints < len(stage.free)
+    if under and cfg.prior_weight <= 0:
+        return skipped(f"{n_constraints} observations for {len(stage.free)} free parameters "
+                       f"({', '.join(stage.free)}) and no prior penalty (prior_weight 0): "
+                       "parameters left at their incoming values")
     if cfg.optimizer == "lm" and len(stage.free) > MAX_FREE:
         raise CalibrationError(f"stage {stage.name!r}: {len(stage.free)} free parameters; "
                                f"optimizer 'lm' takes at most {MAX_FREE} (use 'lbfgs')")
@@ -563,24 +626,48 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     u0s = u0s[: max(cfg.n_starts, 1)]
     var_w, ev_w = _weights(stage, dtype)
     prior_w = jnp.asarray(cfg.prior_weight, dtype)
-    u, traces, grads, n_iter = _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing,
-                                           targets, space, _Settings.of(cfg))
+    u, traces, grads, n_iter, sens = _multistart(u0s, base, mask, var_w, ev_w, prior_w,
+                                                 forcing, targets, space, _Settings.of(cfg))
     traces, grads, u = np.asarray(traces), np.asarray(grads), np.asarray(u)
     final = traces[:, -1]
     finite = np.isfinite(final) & np.all(np.isfinite(u), axis=1)
     dropped = tuple(int(i) for i in np.flatnonzero(~finite))
     if not finite.any():
-        raise CalibrationError(f"stage {stage.name!r}: every start diverged (failed solve or "
-                               "non-finite loss)")
+        return skipped("every start diverged (failed solve or non-finite loss): "
+                       "parameters left at their incoming values", status="failed")
     best = int(np.argmin(np.where(finite, final, np.inf)))
     p_best = params_from_vector(space, jnp.asarray(u[best], dtype), base, mask)
+    # Free parameters that no data row of this stage responds to keep their incoming value.
+    names_all = [sp.name for sp in space.specs]
+    s_best = np.asarray(sens)[best]
+    s_free = np.array([s_best[names_all.index(n)] for n in stage.free])
+    s_max = float(np.max(np.where(np.isfinite(s_free), s_free, 0.0)))
+    # A parameter at a physical bound has a zero column too (the transform is saturated):
+    # it stays at the bound (flagged at_bound below), it is not "held".
+    bound_now = set(_at_bound(space, p_best, stage.free))
+    held = tuple(n for n, v in zip(stage.free, s_free)
+                 if n not in bound_now
+                 and not (np.isfinite(v) and v > 1e-9 * max(s_max, 1e-300) and v > 0))
+    if held:
+        p_best = p_best.replace(**{n: getattr(base, n) for n in held})
+    fitted = tuple(n for n in stage.free if n not in held)
     loss_best = float(final[best])
     gnorm = float(np.linalg.norm(grads[best]))
     tail = traces[best, -11:]
     tail = tail[np.isfinite(tail)]
     dloss = float(np.max(tail) - np.min(tail)) if tail.size > 1 else float("inf")
     scale = 1.0 + abs(loss_best)
-    converged = bool(gnorm <= cfg.gtol * scale and dloss <= cfg.ftol * scale)
+    at_bound = _at_bound(space, p_best, fitted)
+    converged = bool(gnorm <= cfg.gtol * scale and dloss <= cfg.ftol * scale) and not at_bound
+    notes = []
+    if held:
+        notes.append(f"held at incoming values (no data sensitivity): {', '.join(held)}")
+    if under:
+        notes.append(f"{n_constraints} constraints for {len(stage.free)} free parameters: "
+                     "the prior penalty determines what the data do not")
+    if at_bound:
+        notes.append(f"at the physical bound: {', '.join(at_bound)} (no convergence claimed)")
+    status = "at_bound" if at_bound else ("ok" if converged else "not_converged")
     values = {n: float(getattr(p_best, n)) for n in stage.free}
     return p_best, StageResult(
         stage.name, stage.free, values, start_values, n_obs,
@@ -589,6 +676,8 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
         loss_change=dloss, converged=converged, best_start=best, n_starts=len(final),
         dropped_starts=dropped,
         start_losses=tuple(float(x) for x in final),
+        fitted=fitted, held=held, at_bound=at_bound, status=status, note="; ".join(notes),
+        n_constraints=n_constraints,
     )
 
 
@@ -614,9 +703,16 @@ def calibrate_stages(space: ParamSpace, params: Params, forcing: Forcing, target
 
 def describe(res: StageResult) -> str:
     if res.skipped:
-        return f"{res.name}: skipped ({res.skipped})"
+        return f"{res.name}: {res.status} ({res.skipped})"
     vals = ", ".join(f"{k}={v:.4g}" for k, v in res.values.items())
-    conv = "converged" if res.converged else f"NOT converged (loss moved {res.loss_change:.2e})"
+    if res.converged:
+        conv = "converged"
+    elif res.status == "at_bound":
+        conv = f"stopped at a physical bound ({', '.join(res.at_bound)}): no convergence claim"
+    else:
+        conv = f"NOT converged (loss moved {res.loss_change:.2e})"
+    if res.note:
+        vals += f" [{res.note}]"
     drop = f", dropped starts {list(res.dropped_starts)}" if res.dropped_starts else ""
     return (f"{res.name}: loss {res.initial_loss:.4g} -> {res.final_loss:.4g} in "
             f"{res.iterations} it, {conv} (|g|={res.grad_norm:.2e}), best start "

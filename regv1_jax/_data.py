@@ -18,10 +18,22 @@ CSV schema (one row per year and location, optionally one row per depth)::
     depth_cm      str     optional: blank, "0-10", "10-20" or "20-40" (en dash accepted)
     theta_m3/m3   float   optional: root-zone volumetric soil moisture, m^3 m^-3, 0..1
     source        str     optional: free-text provenance of the row
+    storm_intensity_mm_min  float  optional forcing: storm intensity, mm min^-1, > 0
+    psi_eng       float   optional forcing: engineering share (check dams, terraces), 0..1
+    psi_plant     float   optional forcing: planting effort, 0..1
+    runoff_m3     float   optional: gauged annual runoff volume, m^3 yr^-1, >= 0
+                          (converted to runoff_mm with the catchment area)
+    sediment_t    float   optional: gauged annual sediment load, t yr^-1, >= 0
+                          (converted to erosion_t/ha with the catchment area)
+
+The forcing and gauge columns are kept in ``Observations.extra`` (NaN where blank);
+:func:`convert_gauge` turns the gauge columns into the model's units and
+``regv1_jax._sites.site_forcing`` uses the forcing columns (rule for missing years there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -40,6 +52,10 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "DataError",
+    "EXTRA_COLUMNS",
+    "FORCING_COLUMNS",
+    "GAUGE_COLUMNS",
+    "convert_gauge",
     "Observations",
     "load_site",
     "load_sites_registry",
@@ -57,7 +73,10 @@ REQUIRED_COLUMNS = (
     "runoff_mm",
     "erosion_t/ha",
 )
-OPTIONAL_COLUMNS = ("depth_cm", "theta_m3/m3", "source")
+FORCING_COLUMNS = ("storm_intensity_mm_min", "psi_eng", "psi_plant")
+GAUGE_COLUMNS = ("runoff_m3", "sediment_t")
+EXTRA_COLUMNS = FORCING_COLUMNS + GAUGE_COLUMNS
+OPTIONAL_COLUMNS = ("depth_cm", "theta_m3/m3", "source") + EXTRA_COLUMNS
 DEPTHS = ("0-10", "10-20", "20-40")
 OBSERVED = (
     "veg_cover_%",
@@ -79,9 +98,15 @@ _NUMERIC_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "runoff_mm": (0.0, None),
     "erosion_t/ha": (0.0, None),
     "theta_m3/m3": (0.0, 1.0),
+    "storm_intensity_mm_min": (0.0, None),
+    "psi_eng": (0.0, 1.0),
+    "psi_plant": (0.0, 1.0),
+    "runoff_m3": (0.0, None),
+    "sediment_t": (0.0, None),
 }
 # columns that belong to the year, not the depth: equal on every row of a year where given
-_YEAR_COLUMNS = ("veg_cover_%", "rainfall_mm", "runoff_mm", "erosion_t/ha", "theta_m3/m3")
+_YEAR_COLUMNS = ("veg_cover_%", "rainfall_mm", "runoff_mm", "erosion_t/ha",
+                 "theta_m3/m3") + EXTRA_COLUMNS
 _DASHES = "\u2013\u2014"  # en dash, em dash
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _RANGE_RE = re.compile(rf"^\s*({_NUMBER})\s*(?:-\s*({_NUMBER})\s*)?$")
@@ -209,6 +234,9 @@ class Observations(eqx.Module):
     sources : tuple[str, ...]
         Per year, the ``source`` column ("" when absent; several distinct sources of one
         year are joined by "; ") (static).
+    extra : dict[str, numpy.ndarray]
+        The forcing and gauge columns (:data:`EXTRA_COLUMNS`) present in the file, (n,)
+        float64 in their units, NaN where blank.
     """
 
     years: np.ndarray
@@ -217,6 +245,7 @@ class Observations(eqx.Module):
     location: str = eqx.field(static=True)
     source_file: str = eqx.field(static=True)
     sources: tuple = eqx.field(static=True)
+    extra: dict = eqx.field(default_factory=dict)
 
     def __check_init__(self):
         n = self.years.shape[0]
@@ -264,15 +293,16 @@ class Observations(eqx.Module):
             location=self.location,
             source_file=self.source_file,
             sources=tuple(self.sources[i] for i in idx),
+            extra={k: v[idx].copy() for k, v in self.extra.items()},
         )
 
 
-def _build(location: str, rows: list[dict], path: Path) -> Observations:
+def _build(location: str, rows: list[dict], path: Path, present=()) -> Observations:
     """Merge one location's checked rows (in file order) into an Observations object."""
     years = sorted({r["year"] for r in rows})
     index = {y: i for i, y in enumerate(years)}
     n = len(years)
-    values = {k: np.full(n, np.nan, dtype=np.float64) for k in OBSERVED}
+    values = {k: np.full(n, np.nan, dtype=np.float64) for k in OBSERVED + EXTRA_COLUMNS}
     origin: dict[tuple[str, int], int] = {}  # (key, year) -> line that set it
     sources: list[list[str]] = [[] for _ in range(n)]
     for r in rows:
@@ -296,6 +326,9 @@ def _build(location: str, rows: list[dict], path: Path) -> Observations:
             origin[(key, r["year"])] = line
         if r["source"] and r["source"] not in sources[i]:
             sources[i].append(r["source"])
+    extra = {k: values.pop(k) for k in EXTRA_COLUMNS if k in present}
+    for k in EXTRA_COLUMNS:
+        values.pop(k, None)
     masks = {k: ~np.isnan(v) for k, v in values.items()}
     return Observations(
         years=np.asarray(years, dtype=np.int64),
@@ -304,7 +337,43 @@ def _build(location: str, rows: list[dict], path: Path) -> Observations:
         location=location,
         source_file=str(path),
         sources=tuple("; ".join(s) for s in sources),
+        extra=extra,
     )
+
+
+def convert_gauge(obs: Observations, area_km2: float | None) -> Observations:
+    """Gauge columns in the model's units: ``runoff_mm = runoff_m3 / (area_km2 * 1e3)``
+    (m^3 over km^2 -> mm) and ``erosion_t/ha = sediment_t / (area_km2 * 100)``.
+
+    A year with both ``runoff_m3`` and ``runoff_mm`` (or ``sediment_t`` and
+    ``erosion_t/ha``) must agree within 1%.  Raises DataError when the file has gauge
+    values but no area is known (``--area-km2`` or the registry's ``area_km2``).
+    """
+    has = {k: np.isfinite(obs.extra[k]) for k in GAUGE_COLUMNS if k in obs.extra}
+    if not any(m.any() for m in has.values()):
+        return obs
+    if area_km2 is None or not (area_km2 > 0):
+        raise DataError(f"{obs.source_file}: location {obs.location!r} has runoff_m3/"
+                        "sediment_t values but no catchment area: pass --area-km2 (or give "
+                        "area_km2 in the site registry)")
+    values = {k: v.copy() for k, v in obs.values.items()}
+    masks = {k: m.copy() for k, m in obs.masks.items()}
+    for col, target, factor in (("runoff_m3", "runoff_mm", area_km2 * 1e3),
+                                ("sediment_t", "erosion_t/ha", area_km2 * 100.0)):
+        if col not in has:
+            continue
+        m = has[col]
+        conv = obs.extra[col] / factor
+        both = m & masks[target]
+        bad = both & (np.abs(values[target] - conv) > 0.01 * np.maximum(np.abs(conv), 1e-12))
+        if bad.any():
+            y = int(obs.years[np.flatnonzero(bad)[0]])
+            raise DataError(f"{obs.source_file}: year {y} of {obs.location!r}: {col} "
+                            f"{obs.extra[col][bad][0]:g} over {area_km2:g} km2 is "
+                            f"{conv[bad][0]:g} but {target} says {values[target][bad][0]:g}")
+        values[target] = np.where(m, conv, values[target])
+        masks[target] = masks[target] | m
+    return dataclasses.replace(obs, values=values, masks=masks)
 
 
 def read_observations(path) -> dict[str, Observations]:
@@ -389,7 +458,8 @@ def read_observations(path) -> dict[str, Observations]:
         last_year[location] = (year, line)
         by_location.setdefault(location, []).append(row)
 
-    return {loc: _build(loc, rows, path) for loc, rows in by_location.items()}
+    present = [c for c in EXTRA_COLUMNS if c in columns]
+    return {loc: _build(loc, rows, path, present) for loc, rows in by_location.items()}
 
 
 def load_site(path, location: str) -> Observations:

@@ -13,14 +13,19 @@ import numpy as np
 from ._calibrate import (
     CalibrationConfig,
     CalibrationError,
-    Stage,
     StageResult,
     calibrate_stages,
-    residual_fn,
 )
 from ._data import Observations
 from ._forcing import Forcing
-from ._objective import TARGET_VARIABLES, Targets, make_targets, simulated
+from ._objective import (
+    TARGET_VARIABLES,
+    Targets,
+    data_residuals,
+    event_residuals,
+    make_targets,
+    simulated,
+)
 from ._params import Params, ParamSpace
 from ._solve import Simulation, simulate
 
@@ -49,11 +54,15 @@ REGION_AREAS_KM2 = {
 
 
 def fit_metrics(obs: np.ndarray, sim: np.ndarray) -> dict[str, float]:
-    """R2 (squared Pearson correlation), RMSE, relative RMSE (RMSE / mean obs), NSE, n."""
+    """n, R2 (squared Pearson correlation: blind to bias and scale), R2_1to1 (coefficient
+    of determination about the 1:1 line, 1 - sum (s - o)^2 / sum (o - mean o)^2: a
+    simulation equal to twice the data scores far below 1), RMSE, relative RMSE
+    (RMSE / mean obs), NSE (Nash-Sutcliffe; numerically equal to R2_1to1)."""
     obs, sim = np.asarray(obs, float), np.asarray(sim, float)
     n = obs.size
     if n == 0:
-        return {"n": 0, "R2": np.nan, "RMSE": np.nan, "rRMSE": np.nan, "NSE": np.nan}
+        return {"n": 0, "R2": np.nan, "R2_1to1": np.nan, "RMSE": np.nan, "rRMSE": np.nan,
+                "NSE": np.nan}
     err = sim - obs
     rmse = float(np.sqrt(np.mean(err**2)))
     mean = float(np.mean(obs))
@@ -61,41 +70,187 @@ def fit_metrics(obs: np.ndarray, sim: np.ndarray) -> dict[str, float]:
     nse = 1.0 - float(np.sum(err**2)) / sst if sst > 0 else np.nan
     r2 = float(np.corrcoef(obs, sim)[0, 1] ** 2) if n > 2 and np.std(sim) > 0 and sst > 0 \
         else np.nan
-    return {"n": int(n), "R2": r2, "RMSE": rmse, "rRMSE": rmse / abs(mean) if mean else np.nan,
-            "NSE": nse}
+    return {"n": int(n), "R2": r2, "R2_1to1": nse, "RMSE": rmse,
+            "rRMSE": rmse / abs(mean) if mean else np.nan, "NSE": nse}
+
+
+# A parameter within this share of its physical range (on the transform's scale) of a bound
+# is "at bound": its interval is one-sided and no convergence is claimed from its gradient.
+AT_BOUND_MARGIN = 1e-3
+# Data-only directions whose information (eigenvalue of the Fisher matrix of the data rows,
+# in units of the prior's information) is below ABS_INFO or below REL_INFO times the
+# largest are "not identified by the data".
+ABS_INFO = 1e-6
+REL_INFO = 1e-10
+# Posterior sd / prior sd above this: "prior-dominated".
+PRIOR_DOMINATED = 0.8
+Z95, Z95_ONE_SIDED = 1.959964, 1.644854
+
+
+def _on_transform_scale(spec, x):
+    return np.log(x) if spec.transform_scale == "log" else np.asarray(x, float)
+
+
+def _from_transform_scale(spec, s):
+    return float(np.exp(s)) if spec.transform_scale == "log" else float(s)
+
+
+def physical_residual_fn(space: ParamSpace, names, base: Params, forcing: Forcing,
+                         targets: Targets, cfg: CalibrationConfig, events: bool = True):
+    """``s -> (data rows, prior rows)``: residuals as functions of the free parameters on
+    their transform scale (log or linear, no logistic squashing), so that the Jacobian is
+    finite and informative at a physical bound.  Data rows: every fitted variable and the
+    event constraints (weighted as in the fit); prior rows: the standardised prior of each
+    free parameter, unweighted."""
+    specs = [space.spec(n) for n in names]
+    adjoint = "checkpoint" if cfg.method == "rk4" else "forward"
+
+    def fn(svec):
+        vals = {sp.name: (jnp.exp(svec[i]) if sp.transform_scale == "log" else svec[i])
+                for i, sp in enumerate(specs)}
+        p = dataclasses.replace(jax.lax.stop_gradient(base), **vals)
+        sim = simulate(p, forcing, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
+                       steps_per_year=cfg.steps_per_year, adjoint=adjoint)
+        r_data = data_residuals(sim, targets, TARGET_VARIABLES)
+        r_ev = event_residuals(p, cfg.events) * (1.0 if events else 0.0)
+        r_prior = jnp.stack([sp.standardised(vals[sp.name]) for sp in specs])
+        return jnp.concatenate([r_data, r_ev]), r_prior
+
+    s0 = np.array([_on_transform_scale(sp, float(getattr(base, sp.name))) for sp in specs])
+    return fn, s0
 
 
 def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
-                          targets: Targets, names, cfg: CalibrationConfig) -> dict:
-    """Gauss-Newton / Fisher information at the optimum over ``names`` (jacfwd through the
-    solve), with every fitted variable, the event constraints and the prior.
+                          targets: Targets, names, cfg: CalibrationConfig,
+                          events: bool = True) -> dict:
+    """Local (Gauss-Newton) uncertainty and identifiability at the optimum over ``names``.
 
-    Returns the correlation matrix of the estimates, standard deviations and CI_95 (on the
-    unconstrained scale, mapped back, so that they stay inside the bounds), the variance
-    inflation factors of the sensitivity columns, and the condition number.
+    The Jacobian is taken on each parameter's transform scale (log or linear), not on the
+    logistic coordinate, so that a parameter at a bound keeps its sensitivity.  From the
+    **data rows only** (every observed cell and the event constraints): the Fisher matrix,
+    its eigen-directions (those with negligible information are "not identified by the
+    data"), the correlation matrix (NaN for unidentified parameters, never a pseudo-inverse
+    artefact) and the variance inflation factors.  chi^2/dof of the data rows scales the
+    data information (residual-variance scaling, never below 1).  The posterior covariance
+    adds the prior's information (weight ``cfg.prior_weight``); with weight 0 an
+    unidentified parameter has infinite variance.
+
+    Per parameter: ``sd`` (transform scale), ``prior_sd``, ``CI_95`` (two-sided, clipped
+    to the physical bounds; one-sided 95% from the bound when the value is at a bound),
+    and the flags ``at_bound`` ("lower"/"upper"/None), ``not_identified`` and
+    ``prior_dominated`` (posterior/prior sd > 0.8).
     """
-    stage = Stage("fisher", tuple(names), TARGET_VARIABLES, events=True)
-    fn, free = residual_fn(space, stage, params, forcing, targets, cfg)
-    v = free.pack(params)
-    J = np.asarray(jax.jacfwd(fn)(v))
-    F = J.T @ J
-    cov = np.linalg.pinv(F)
-    sd_u = np.sqrt(np.clip(np.diag(cov), 0, None))
-    corr = cov / np.outer(sd_u, sd_u)
-    # VIF: diagonal of the inverse correlation of the Jacobian's columns (data part only).
-    Jc = J - J.mean(axis=0)
-    norms = np.linalg.norm(Jc, axis=0)
+    names = list(names)
+    k = len(names)
+    specs = [space.spec(n) for n in names]
+    fn, s0 = physical_residual_fn(space, names, params, forcing, targets, cfg, events)
+    def both(sv):
+        out = fn(sv)
+        return out, out
+
+    (J_d, J_p), (r_d, _) = jax.jacfwd(both, has_aux=True)(jnp.asarray(s0))
+    J_d, J_p, r_d = np.asarray(J_d), np.asarray(J_p), np.asarray(r_d)
+    J_d = np.where(np.isfinite(J_d), J_d, 0.0)
+    n_rows = int(sum(targets.count().values())) + (cfg.events.size if events else 0)
+    chi2 = float(np.sum(r_d**2))
+    dof = n_rows - k
+    chi2_dof = chi2 / dof if dof > 0 else float("nan")
+    scale = max(chi2_dof, 1.0) if np.isfinite(chi2_dof) else 1.0
+    # Prior information per parameter (diagonal: each prior row holds one parameter).
+    prior_info = np.diag(J_p.T @ J_p)
+    prior_sd = 1.0 / np.sqrt(np.where(prior_info > 0, prior_info, np.nan))
+    D = np.where(np.isfinite(prior_sd), prior_sd, 1.0)
+    F_d = (J_d.T @ J_d) / scale
+    # Data information in units of the prior's (dimensionless, comparable across params).
+    G = F_d * np.outer(D, D)
+    lam, V = np.linalg.eigh(G)
+    lam_max = float(max(lam[-1], 0.0))
+    weak = (lam < ABS_INFO) | (lam < REL_INFO * lam_max)
+    rank = int(np.sum(~weak))
+    loading = np.sum(V[:, weak] ** 2, axis=1) if weak.any() else np.zeros(k)
+    not_identified = loading > 0.5
+    # Posterior covariance on the transform scale.
+    w = float(cfg.prior_weight)
+    if w > 0:
+        F = F_d + w * np.diag(prior_info)
+        cov = np.linalg.inv(F)
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+        # Unidentified: the prior's variance (the data say nothing there).
+        sd = np.where(not_identified, prior_sd / np.sqrt(w), sd)
+    else:
+        inv_lam = np.where(weak, 0.0, 1.0 / np.where(weak, 1.0, lam))
+        cov_g = (V * inv_lam) @ V.T
+        sd = np.sqrt(np.clip(np.diag(cov_g), 0, None)) * D
+        sd = np.where(not_identified, np.inf, sd)
+    # Data-only correlation on the identified subspace.
+    inv_lam = np.where(weak, 0.0, 1.0 / np.where(weak, 1.0, lam))
+    cov_d = (V * inv_lam) @ V.T
+    sd_d = np.sqrt(np.clip(np.diag(cov_d), 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
-        R = (Jc.T @ Jc) / np.outer(norms, norms)
-    vif = np.diag(np.linalg.pinv(R)) if np.all(norms > 0) else np.full(len(names), np.inf)
-    lo = free.unpack(jnp.asarray(v - 1.96 * sd_u), params)
-    hi = free.unpack(jnp.asarray(v + 1.96 * sd_u), params)
-    ci = {n: (float(getattr(lo, n)), float(getattr(hi, n))) for n in names}
-    eig = np.linalg.eigvalsh(F)
-    pairs = correlated_pairs(list(names), corr)
-    return {"names": list(names), "corr": corr.tolist(), "sd_unconstrained": sd_u.tolist(),
-            "CI_95": ci, "VIF": vif.tolist(),
-            "condition_number": float(eig[-1] / max(eig[0], 1e-300)), "pairs": pairs}
+        corr = cov_d / np.outer(sd_d, sd_d)
+    corr[not_identified, :] = np.nan
+    corr[:, not_identified] = np.nan
+    np.fill_diagonal(corr, 1.0)
+    # VIF of the data rows' sensitivity columns (centred): diag of the inverse of their
+    # correlation; infinite where the columns are (nearly) collinear or zero.
+    Jc = J_d - J_d.mean(axis=0)
+    norms = np.linalg.norm(Jc, axis=0)
+    vif = np.full(k, np.inf)
+    ok = norms > 0
+    if ok.any():
+        R = (Jc[:, ok].T @ Jc[:, ok]) / np.outer(norms[ok], norms[ok])
+        mu, U = np.linalg.eigh(R)
+        tiny = mu < 1e-14 * max(mu[-1], 1e-300)
+        vif_ok = np.sum(U**2 / np.where(tiny, np.nan, mu), axis=1)
+        vif_ok = np.where(np.sum(U[:, tiny] ** 2, axis=1) > 1e-6, np.inf, vif_ok) \
+            if tiny.any() else vif_ok
+        vif[ok] = vif_ok
+    out_params = {}
+    ci = {}
+    for i, sp in enumerate(specs):
+        value = float(getattr(params, sp.name))
+        lo_s = float(_on_transform_scale(sp, sp.bound_lower)) if sp.transform_scale == "log" \
+            else sp.bound_lower
+        hi_s = float(_on_transform_scale(sp, sp.bound_upper)) if sp.transform_scale == "log" \
+            else sp.bound_upper
+        margin = AT_BOUND_MARGIN * (hi_s - lo_s)
+        at = "lower" if s0[i] - lo_s <= margin else ("upper" if hi_s - s0[i] <= margin else None)
+        sdi = float(sd[i]) if np.isfinite(sd[i]) and sd[i] > 0 else float("inf")
+        if at == "lower":
+            lo, hi = lo_s, min(hi_s, s0[i] + Z95_ONE_SIDED * sdi)
+            kind = "one-sided 95% from the lower bound"
+        elif at == "upper":
+            lo, hi = max(lo_s, s0[i] - Z95_ONE_SIDED * sdi), hi_s
+            kind = "one-sided 95% from the upper bound"
+        else:
+            lo, hi = max(lo_s, s0[i] - Z95 * sdi), min(hi_s, s0[i] + Z95 * sdi)
+            kind = "two-sided 95% (Gauss-Newton), clipped to the physical bounds"
+        ci[sp.name] = (_from_transform_scale(sp, lo), _from_transform_scale(sp, hi))
+        ratio = sdi / float(prior_sd[i]) if np.isfinite(prior_sd[i]) else float("nan")
+        out_params[sp.name] = {
+            "value": value, "sd_transform_scale": sdi, "prior_sd_transform_scale":
+            float(prior_sd[i]), "transform_scale": sp.transform_scale,
+            "CI_95": list(ci[sp.name]), "CI_kind": kind, "at_bound": at,
+            "not_identified": bool(not_identified[i]),
+            "prior_dominated": bool(np.isfinite(ratio) and ratio > PRIOR_DOMINATED),
+            "sd_ratio_posterior_prior": ratio,
+            "outside_prior_CI_95": not (sp.lower <= value <= sp.upper),
+            "prior_CI_95": [sp.lower, sp.upper], "bounds": [sp.bound_lower, sp.bound_upper],
+        }
+    pairs = correlated_pairs(names, corr)
+    pos = lam[~weak]
+    cond = float(lam_max / pos[0]) if pos.size else float("inf")
+    return {"names": names, "corr": corr.tolist(), "sd": [float(x) for x in sd],
+            "CI_95": ci, "VIF": vif.tolist(), "params": out_params,
+            "condition_number": cond, "condition_number_all": float(
+                lam_max / max(lam[0], 1e-300)) if lam_max > 0 else float("inf"),
+            "rank": rank, "n_params": k, "pairs": pairs,
+            "chi2": chi2, "dof": dof, "chi2_dof": chi2_dof, "residual_variance_scale": scale,
+            "n_data_rows": n_rows, "prior_weight": w,
+            "basis": "Jacobian of the data rows (observed cells and event constraints) on "
+            "each parameter's transform scale; correlation and VIF from the data rows only; "
+            "data information scaled by max(1, chi2/dof); posterior adds the prior's "
+            "information times the prior weight"}
 
 
 def correlated_pairs(names, corr, threshold: float | None = None) -> list[dict]:
@@ -237,6 +392,56 @@ class SiteCalibration:
     config: CalibrationConfig
     dtype: str
     prior_sim: Simulation | None = None
+    holdout_rule: str = ""
+    initial_state_note: str = ""
+
+
+HOLDOUT_SHARE = 0.2
+
+
+def initial_state_from_data(space: ParamSpace, params: Params, obs: Observations,
+                            start: int, rule: str) -> tuple[Params, str]:
+    """V0 (cover / 100) and SOM0 (SOM_%, 0-20 cm) from the observations of the first
+    simulated year when ``rule == "data"`` and they are observed there (clipped to the
+    physical bounds); else the incoming (prior) values.  Returns the parameters and a note."""
+    if rule != "data":
+        return params, "V0, SOM0: prior values (config initial_state = prior)"
+    i = np.flatnonzero(obs.years == start)
+    notes, new = [], {}
+    for name, var, scale in (("V0", "veg_cover_%", 0.01), ("SOM0", "SOM_%", 1.0)):
+        sp = space.spec(name)
+        if i.size and obs.masks[var][i[0]]:
+            v = float(np.clip(obs.values[var][i[0]] * scale, sp.bound_lower, sp.bound_upper))
+            new[name] = v
+            notes.append(f"{name} = {v:.4g} from the {start} observation of {var}")
+        else:
+            notes.append(f"{name}: prior value ({var} not observed in {start})")
+    return (params.replace(**new) if new else params), "; ".join(notes)
+
+
+def resolve_holdout(holdout, obs: Observations, years) -> tuple[tuple[int, int] | None, str]:
+    """The holdout years and the rule that chose them.
+
+    ``"auto"``: the last ``ceil(0.2 n)`` of the n years that hold any observation inside
+    the simulated years (none when fewer than 5 such years); ``None``: no holdout; a pair:
+    those years."""
+    if holdout is None:
+        return None, "no holdout (config holdout null)"
+    if holdout != "auto":
+        return (int(holdout[0]), int(holdout[1])), f"holdout {holdout[0]}-{holdout[1]} (given)"
+    any_obs = np.zeros(len(obs.years), bool)
+    for var in TARGET_VARIABLES:
+        any_obs |= np.asarray(obs.masks[var], bool)
+    yrs = np.asarray(obs.years)[any_obs]
+    yrs = np.sort(yrs[(yrs >= years[0]) & (yrs <= years[-1])])
+    if yrs.size < 5:
+        return None, (f"no holdout: only {yrs.size} observed years (the default holds out "
+                      "the last 20% of observed years when there are at least 5)")
+    n = int(np.ceil(HOLDOUT_SHARE * yrs.size))
+    first = int(yrs[-n])
+    return (first, int(years[-1])), (
+        f"default: the last {n} of {yrs.size} observed years ({first}-{int(yrs[-1])}, "
+        f"~{HOLDOUT_SHARE:.0%}) held out")
 
 
 def _split_metrics(obs: Observations, sim: Simulation, holdout):
@@ -262,12 +467,17 @@ def _split_metrics(obs: Observations, sim: Simulation, holdout):
 
 
 def _criteria(metrics: dict) -> dict:
+    """The seed's criteria: R2 >= 0.7 on V and SOM, judged on the 1:1-line R2 (the squared
+    correlation is shown beside it), and holdout rRMSE <= 20%."""
     out = {}
     for var in SEED_CRITERIA["R2_variables"]:
         m = metrics.get(var, {}).get("training")
-        r2 = m["R2"] if m else float("nan")
-        out[f"R2 {var} >= 0.7"] = {"value": r2, "pass": bool(np.isfinite(r2) and r2 >= 0.7)
-                                   if m else None}
+        r2 = m["R2_1to1"] if m else float("nan")
+        out[f"R2 {var} >= 0.7"] = {
+            "value": r2, "pass": bool(np.isfinite(r2) and r2 >= 0.7) if m else None,
+            "judged_on": "1:1-line R2 (1 - SSE/SST), not the squared correlation",
+            "squared_correlation": m["R2"] if m else None,
+            "NSE": m["NSE"] if m else None}
     for var, row in metrics.items():
         h = row["holdout"]
         if h["n"]:
@@ -286,12 +496,15 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
     training and holdout, the local correlation matrix and the regional magnitudes."""
     if obs.years.size == 0:
         raise CalibrationError(f"{obs.source_file}: no observations for {obs.location!r}")
-    targets = make_targets(obs, forcing, dtype=params.dtype)
     years = forcing.years
-    hold = cfg.holdout
+    hold, hold_rule = resolve_holdout(cfg.holdout, obs, years)
     keep = np.ones(len(years), bool)
     if hold is not None:
         keep &= ~((years >= hold[0]) & (years <= hold[1]))
+    params, init_note = initial_state_from_data(space, params, obs, int(years[0]),
+                                                cfg.initial_state)
+    # Spreads from the training cells only: holdout values never enter the fit.
+    targets = make_targets(obs, forcing, dtype=params.dtype, sigma_years=keep)
     train = targets.with_mask(jnp.asarray(keep))
     if sum(train.count().values()) == 0:
         raise CalibrationError(
@@ -303,12 +516,14 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
     free_names = []
     for st, res in zip(cfg.stages, stages):
         if res.skipped is None:
-            free_names += [n for n in st.free if n not in free_names]
+            free_names += [n for n in res.fitted if n not in free_names]
+    events = any(st.events for st, res in zip(cfg.stages, stages) if res.skipped is None)
     ident = None
     if identifiability and free_names:
         if progress:
             progress(f"local identifiability over {len(free_names)} parameters (jacfwd)")
-        ident = local_identifiability(space, fitted, forcing, train, free_names, cfg)
+        ident = local_identifiability(space, fitted, forcing, train, free_names, cfg,
+                                      events=events)
     magnitudes = regional_magnitudes(fitted, forcing, space.region, planting_start)
     t_years = years[keep]
     return SiteCalibration(
@@ -316,6 +531,7 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
         stages=stages, forcing=forcing, observations=obs, sim=sim,
         train_years=(int(t_years[0]), int(t_years[-1])),
         holdout_years=hold if hold is not None and np.any(~keep) else None,
+        holdout_rule=hold_rule, initial_state_note=init_note,
         metrics=metrics, criteria=_criteria(metrics), identifiability=ident,
         magnitudes=magnitudes, config=cfg, dtype=str(params.dtype),
         prior_sim=simulate(params, forcing),

@@ -65,12 +65,14 @@ class Targets(eqx.Module):
 
 
 def make_targets(obs: Observations, forcing: Forcing,
-                 spreads: Mapping[str, tuple[float, float]] | None = None, dtype=None
-                 ) -> Targets:
+                 spreads: Mapping[str, tuple[float, float]] | None = None, dtype=None,
+                 sigma_years=None) -> Targets:
     """Align ``obs`` to the forcing's years; years outside the forcing are left out.
 
-    The spread of each variable is computed from all its observed cells (not per split),
-    so that training and holdout use the same scale.
+    The spread of each variable is ``max(floor, fraction * mean |obs|)`` over its observed
+    cells in the years where ``sigma_years`` (a boolean per forcing year; default all) is
+    True: pass the training years so that holdout values never enter the fit.  Training
+    and holdout are then scored on the same (training) scale.
     """
     spreads = {**DEFAULT_SPREADS, **(spreads or {})}
     years = forcing.years
@@ -84,7 +86,8 @@ def make_targets(obs: Observations, forcing: Forcing,
             if i is not None and obs.masks[var][i]:
                 v[j], m[j] = obs.values[var][i], True
         floor, frac = spreads[var]
-        mean = float(np.mean(np.abs(v[m]))) if m.any() else 0.0
+        ms = m if sigma_years is None else m & np.asarray(sigma_years, bool)
+        mean = float(np.mean(np.abs(v[ms]))) if ms.any() else 0.0
         values[var] = jnp.asarray(v, dtype)
         masks[var] = jnp.asarray(m)
         sigma[var] = jnp.asarray(max(floor, frac * mean), dtype)

@@ -2,8 +2,10 @@
 
 ``Params`` is an ``eqx.Module`` whose every field is one model parameter (a scalar array, or
 a batch of them under ``vmap``).  ``ParamSpace`` carries what is known *about* the parameters
-of one region: units, the prior (value and CI_95 from the JSON files in ``data/``), the bounds
-(the CI_95) and the scale (linear or log) on which the bounded logistic transform acts.
+of one region: units, the prior (value and CI_95 from the JSON files in ``data/``), the
+admissible physical bounds (the JSON ``bounds`` with their ``bounds_reason``) and the scales
+(linear or log) of the prior and of the bounded logistic transform.  The bounds are hard (the
+optimiser cannot leave them); the prior is soft (a penalty that the data may overrule).
 ``ParamSpace.select(...)`` returns a ``FreeSet``, which maps the chosen parameters to a flat
 vector in R^k and back, keeping every other parameter frozen.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +31,7 @@ __all__ = [
     "PARAM_NAMES",
     "SEED_PARAM_NAMES",
     "ParameterError",
+    "ParameterWarning",
     "Params",
     "ParamSpec",
     "ParamSpace",
@@ -40,6 +44,10 @@ Scalar = Float[Array, "*batch"]
 
 class ParameterError(ValueError):
     """A parameter file or value is invalid; the message names region, parameter and file."""
+
+
+class ParameterWarning(UserWarning):
+    """A parameter value is admissible but unusual (e.g. outside its prior CI_95)."""
 
 
 class Params(eqx.Module):
@@ -178,18 +186,25 @@ assert set(UNITS) == set(PARAM_NAMES)
 
 SEED_FILE = "priors_seed.json"
 EXTRA_FILE = "priors_extra.json"
+# Physical bounds of parameters whose priors file has none inline (the seed's nine: the seed
+# file is kept verbatim).
+BOUNDS_FILE = "bounds_seed.json"
 # Regions of the seed that hold only cross-site priors, not a full parameter set.
 PARTIAL_REGIONS = {"Universal"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-    """What is known about one parameter: prior value, 95% interval (= bounds), units, scale.
+    """What is known about one parameter: prior value and 95% interval, physical bounds,
+    units and scales.
 
-    ``scale`` is ``"log"`` when the interval is positive and spans a factor of 3 or more,
-    else ``"linear"``; the unconstrained coordinate is the logit of the position inside the
-    bounds on that scale.  The prior is normal on that scale with mean at the value and
-    standard deviation ``(hi - lo) / 3.92`` (so that CI_95 is its 95% interval).
+    ``lower``/``upper`` are the prior's CI_95; ``bound_lower``/``bound_upper`` the admissible
+    physical range (hard limits of the fit, ``bounds_reason`` says why).  ``scale`` (the
+    prior's) is ``"log"`` when the CI_95 is positive and spans a factor of 3 or more, else
+    ``"linear"``; the prior is normal on that scale with mean at the value and standard
+    deviation ``(hi - lo) / 3.92`` (so that CI_95 is its 95% interval).  ``transform_scale``
+    is ``"log"`` when the bounds are positive and span a factor of 3 or more; the
+    unconstrained coordinate is the logit of the position inside the bounds on that scale.
     """
 
     name: str
@@ -199,10 +214,28 @@ class ParamSpec:
     units: str
     source: str
     file: str
+    bound_lower: float = -math.inf
+    bound_upper: float = math.inf
+    bounds_reason: str = ""
+
+    def __post_init__(self):
+        if not math.isfinite(self.bound_lower) or not math.isfinite(self.bound_upper):
+            # No physical bounds given (a ParamSpec built by hand): the CI_95 serves.
+            object.__setattr__(self, "bound_lower", self.lower)
+            object.__setattr__(self, "bound_upper", self.upper)
 
     @property
     def scale(self) -> str:
         return "log" if self.lower > 0 and self.upper / self.lower >= 3.0 else "linear"
+
+    @property
+    def transform_scale(self) -> str:
+        lo, hi = self.bound_lower, self.bound_upper
+        return "log" if lo > 0 and hi / lo >= 3.0 else "linear"
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return (self.bound_lower, self.bound_upper)
 
     @property
     def prior_sd(self) -> float:
@@ -227,7 +260,8 @@ def _read_json(path: Path) -> dict:
         raise ParameterError(f"{path}: not valid JSON ({err})") from err
 
 
-def _spec_from_entry(region: str, name: str, entry: object, file: str) -> ParamSpec:
+def _spec_from_entry(region: str, name: str, entry: object, file: str,
+                     fallback: Mapping | None = None) -> ParamSpec:
     where = f"region {region!r}, parameter {name!r} in {file}"
     if not isinstance(entry, Mapping):
         raise ParameterError(f"{where}: expected an object with value/units/CI_95")
@@ -250,12 +284,35 @@ def _spec_from_entry(region: str, name: str, entry: object, file: str) -> ParamS
         raise ParameterError(
             f"{where}: unknown units {units!r}; expected one of {list(UNITS[name])}"
         )
+    if "bounds" not in entry and fallback and isinstance(fallback.get(name), Mapping):
+        entry = {**entry, **{k: v for k, v in fallback[name].items()
+                             if k in ("bounds", "bounds_reason")}}
+        where += f" (bounds from {BOUNDS_FILE})"
+    if "bounds" not in entry:
+        raise ParameterError(
+            f"{where}: missing 'bounds' (the admissible physical range [lo, hi], with a "
+            f"'bounds_reason', inline or in {BOUNDS_FILE}); the CI_95 is the prior, not a "
+            "limit")
+    try:
+        b_lo, b_hi = (float(v) for v in entry["bounds"])
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"{where}: bounds must be two numbers [lo, hi] ({err})") from err
+    if not (math.isfinite(b_lo) and math.isfinite(b_hi) and b_lo < b_hi):
+        raise ParameterError(f"{where}: bounds [{b_lo}, {b_hi}] must be finite with lo < hi")
+    if not (b_lo <= lo and hi <= b_hi):
+        raise ParameterError(
+            f"{where}: CI_95 [{lo}, {hi}] must lie inside the bounds [{b_lo}, {b_hi}]")
     source = str(entry.get("source", entry.get("notes", entry.get("note", ""))))
-    return ParamSpec(name, value, lo, hi, UNITS[name][0], source, file)
+    return ParamSpec(name, value, lo, hi, UNITS[name][0], source, file, b_lo, b_hi,
+                     str(entry.get("bounds_reason", "")))
 
 
-def _region_specs(region: str, files: Sequence[Path]) -> dict[str, ParamSpec]:
+def _region_specs(region: str, files: Sequence[Path],
+                  bounds_file: Path | None = None) -> dict[str, ParamSpec]:
     specs: dict[str, ParamSpec] = {}
+    fallback = {}
+    if bounds_file is not None and bounds_file.exists():
+        fallback = _read_json(bounds_file).get(region, {})
     known_regions: set[str] = set()
     for path in files:
         doc = _read_json(path)
@@ -268,7 +325,7 @@ def _region_specs(region: str, files: Sequence[Path]) -> dict[str, ParamSpec]:
                 raise ParameterError(
                     f"region {region!r}, parameter {name!r} in {path.name}: unknown parameter"
                 )
-            specs[name] = _spec_from_entry(region, name, entry, path.name)
+            specs[name] = _spec_from_entry(region, name, entry, path.name, fallback)
     if region in PARTIAL_REGIONS:
         raise ParameterError(
             f"region {region!r} holds cross-site priors only, not a full parameter set; "
@@ -331,9 +388,16 @@ class ParamSpace(eqx.Module):
     def upper(self, dtype=None) -> Params:
         return self._tree("upper", dtype)
 
+    def bound_lower(self, dtype=None) -> Params:
+        return self._tree("bound_lower", dtype)
+
+    def bound_upper(self, dtype=None) -> Params:
+        return self._tree("bound_upper", dtype)
+
     # --- transforms ----------------------------------------------------------------------
     def to_unconstrained(self, params: Params) -> Params:
-        """Map physical values inside the bounds to R (logit of the scaled position)."""
+        """Map physical values inside the physical bounds to R (logit of the scaled
+        position)."""
 
         def f(spec: ParamSpec, x):
             lo, hi, x = _on_scale(spec, x)
@@ -344,14 +408,16 @@ class ParamSpace(eqx.Module):
         return self._map(f, params)
 
     def to_constrained(self, u: Params) -> Params:
-        """Inverse of :meth:`to_unconstrained`: R -> the open interval of the bounds."""
+        """Inverse of :meth:`to_unconstrained`: R -> the open interval of the physical
+        bounds."""
 
         def f(spec: ParamSpec, z):
             z = jnp.asarray(z)
             lo, hi, _ = _on_scale(spec, z)
             y = lo + (hi - lo) * jax.nn.sigmoid(z)
-            y = jnp.exp(y) if spec.scale == "log" else y
-            return jnp.clip(y, spec.lower, spec.upper)  # exp(log(hi)) may round above hi
+            y = jnp.exp(y) if spec.transform_scale == "log" else y
+            # exp(log(hi)) may round above hi
+            return jnp.clip(y, spec.bound_lower, spec.bound_upper)
 
         return self._map(f, u)
 
@@ -376,7 +442,10 @@ class ParamSpace(eqx.Module):
         return total
 
     def sample_prior(self, key, n: int | None = None, dtype=None) -> Params:
-        """Draws from the prior truncated to the bounds (normal on each parameter's scale).
+        """Draws from the prior truncated to its CI_95 (normal on each parameter's scale).
+
+        The truncation keeps starts and Monte-Carlo draws in the prior's central 95%
+        (always inside the physical bounds); the fit itself may leave the CI_95.
 
         Returns ``Params`` with leading batch dimension ``n`` (or scalars if ``n`` is None).
         """
@@ -384,7 +453,7 @@ class ParamSpace(eqx.Module):
         keys = jax.random.split(key, len(self.specs))
         out = {}
         for k, spec in zip(keys, self.specs):
-            lo_s, hi_s = _scale_bounds(spec)
+            lo_s, hi_s = _ci_on_scale(spec)
             a = (lo_s - spec.prior_mean) / spec.prior_sd
             b = (hi_s - spec.prior_mean) / spec.prior_sd
             z = jax.random.truncated_normal(k, a, b, shape, dtype=dtype or jnp.float32)
@@ -408,7 +477,9 @@ class ParamSpace(eqx.Module):
         """Values from a JSON file in the seed's schema replace those of ``params``.
 
         The file may hold ``{region: {name: {"value": ...}}}`` (the seed's layout) or
-        ``{name: {"value": ...}}``.  Values are checked against this region's CI_95.
+        ``{name: {"value": ...}}``.  Values must lie inside the physical bounds (else a
+        ``ParameterError``); a value outside the prior CI_95 is accepted with a
+        ``ParameterWarning``.
         """
         path = Path(path)
         doc = _read_json(path)
@@ -433,27 +504,43 @@ class ParamSpace(eqx.Module):
             except (TypeError, ValueError):
                 raise ParameterError(f"{where}: value must be a number, got {raw!r}") from None
             spec = self.spec(name)
-            if isinstance(entry, Mapping) and "units" in entry and entry["units"] not in UNITS[name]:
+            if (isinstance(entry, Mapping) and "units" in entry
+                    and entry["units"] not in UNITS[name]):
                 raise ParameterError(
                     f"{where}: unknown units {entry['units']!r}; expected {list(UNITS[name])}"
                 )
-            if not (math.isfinite(value) and spec.lower <= value <= spec.upper):
+            if not (math.isfinite(value) and spec.bound_lower <= value <= spec.bound_upper):
                 raise ParameterError(
-                    f"{where}: value {value} lies outside its CI_95 "
-                    f"[{spec.lower}, {spec.upper}] ({spec.file})"
+                    f"{where}: value {value} lies outside its physical bounds "
+                    f"[{spec.bound_lower}, {spec.bound_upper}] ({spec.bounds_reason}; "
+                    f"{spec.file})"
                 )
+            if not spec.lower <= value <= spec.upper:
+                warnings.warn(
+                    f"{where}: value {value} lies outside its prior CI_95 "
+                    f"[{spec.lower}, {spec.upper}] ({spec.file}); accepted (inside the "
+                    f"physical bounds [{spec.bound_lower}, {spec.bound_upper}])",
+                    ParameterWarning, stacklevel=2)
             values[name] = value
         return base.replace(**values)
 
 
 def _on_scale(spec: ParamSpec, x):
     lo, hi = _scale_bounds(spec)
-    if spec.scale == "log":
+    if spec.transform_scale == "log":
         x = jnp.log(x)
     return lo, hi, x
 
 
 def _scale_bounds(spec: ParamSpec) -> tuple[float, float]:
+    """The physical bounds on the transform's scale."""
+    if spec.transform_scale == "log":
+        return math.log(spec.bound_lower), math.log(spec.bound_upper)
+    return spec.bound_lower, spec.bound_upper
+
+
+def _ci_on_scale(spec: ParamSpec) -> tuple[float, float]:
+    """The CI_95 on the prior's scale."""
     if spec.scale == "log":
         return math.log(spec.lower), math.log(spec.upper)
     return spec.lower, spec.upper
@@ -499,7 +586,8 @@ def load_param_space(
     Arguments:
         region: ``"LoessPlateau"`` or ``"ChihuahuanDesert"``.
         files: JSON files in the seed's schema, later ones adding to earlier ones (default:
-            ``data/priors_seed.json`` then ``data/priors_extra.json``).
+            ``data/priors_seed.json`` then ``data/priors_extra.json``).  Physical bounds come
+            from each entry's ``bounds``, else from ``data/bounds_seed.json``.
     Returns:
         the region's :class:`ParamSpace`.
     Raises:
@@ -509,6 +597,6 @@ def load_param_space(
     paths = [data_path(SEED_FILE), data_path(EXTRA_FILE)] if files is None else [
         Path(f) for f in files
     ]
-    specs = _region_specs(region, paths)
+    specs = _region_specs(region, paths, data_path(BOUNDS_FILE))
     _check_shares(region, specs)
     return ParamSpace(region, tuple(specs[n] for n in PARAM_NAMES))

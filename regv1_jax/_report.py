@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._calibrate import describe
+from ._calibrate import STAGE_STATUS, describe
 from ._fit import CORR_FLAG, SEED_CRITERIA, SiteCalibration
 from ._objective import TARGET_VARIABLES, simulated
 from ._params import PARAM_NAMES, SEED_PARAM_NAMES
@@ -36,8 +36,10 @@ VARIABLE_LABELS = {
 # One line per goodness-of-fit metric (obs o_i, simulated s_i, n years, mean obs ō).
 METRIC_DEFINITIONS = (
     ("n", "number of observed years scored"),
-    ("R2", "squared Pearson correlation of observed and simulated values (1: perfectly "
-     "linear; blind to bias and scale)"),
+    ("R2 (1:1)", "coefficient of determination about the 1:1 line, 1 − Σ(s_i − o_i)²/"
+     "Σ(o_i − ō)² (the seed's R2 >= 0.7 is judged on this; equal to NSE)"),
+    ("r² (corr.)", "squared Pearson correlation of observed and simulated values (1: perfectly "
+     "linear; blind to bias and scale: a simulation equal to twice the data scores 1)"),
     ("RMSE", "root-mean-square error √(Σ(s_i − o_i)²/n), in the variable's units"),
     ("rel. RMSE", "RMSE divided by the mean observed value |ō| (0.2 = 20 %)"),
     ("NSE", "Nash-Sutcliffe efficiency 1 − Σ(s_i − o_i)²/Σ(o_i − ō)² (1: perfect; 0: no "
@@ -78,27 +80,67 @@ def _num(x):
     return x
 
 
+def flag_words(entry: dict) -> str:
+    """The flags of a params.json entry, in words (empty when none)."""
+    out = []
+    if entry.get("at_bound"):
+        out.append(f"at {entry['at_bound']} bound")
+    if entry.get("not_identified"):
+        out.append("not identified by the data")
+    if entry.get("prior_dominated"):
+        out.append("prior-dominated")
+    if entry.get("outside_prior_CI_95"):
+        out.append("outside prior CI_95")
+    return ", ".join(out)
+
+
 def params_json(cal: SiteCalibration) -> dict:
-    """Calibrated parameters in the seed's schema (value, units, CI_95, source)."""
+    """Calibrated parameters in the seed's schema (value, units, CI_95, source), with the
+    flags of the local analysis: ``at_bound`` (None, "lower", "upper"; the CI_95 is then
+    one-sided), ``not_identified`` (by the data), ``prior_dominated`` (posterior/prior sd >
+    0.8), ``outside_prior_CI_95``.  ``source`` is "prior" for every parameter that no stage
+    fitted (its stage skipped, or held for lack of data sensitivity)."""
     fitted = set()
     for r in cal.stages:
         if r.skipped is None:
-            fitted |= set(r.free)
-    ci = (cal.identifiability or {}).get("CI_95", {})
+            fitted |= set(r.fitted)
+    ident = cal.identifiability or {}
+    info = ident.get("params", {})
     block = {}
     for name in PARAM_NAMES:
         spec = cal.space.spec(name)
         value = float(getattr(cal.params, name))
-        if name in fitted:
-            lo, hi = ci.get(name, (spec.lower, spec.upper))
-            entry = {"value": value, "units": spec.units, "CI_95": [lo, hi],
-                     "source": "calibrated",
+        common = {"prior_CI_95": [spec.lower, spec.upper],
+                  "bounds": [spec.bound_lower, spec.bound_upper]}
+        if name in fitted and name in info:
+            d = info[name]
+            entry = {"value": value, "units": spec.units, "CI_95": list(d["CI_95"]),
+                     "source": "calibrated", "CI_kind": d["CI_kind"],
+                     "at_bound": d["at_bound"], "not_identified": d["not_identified"],
+                     "prior_dominated": d["prior_dominated"],
+                     "sd_ratio_posterior_prior": d["sd_ratio_posterior_prior"],
+                     "outside_prior_CI_95": d["outside_prior_CI_95"], **common,
                      "note": "CI_95 from the local Gauss-Newton approximation at the optimum "
-                     "(until bootstrap lands); prior CI_95 "
-                     f"[{spec.lower}, {spec.upper}]"}
-        else:
+                     "(data rows scaled by max(1, chi2/dof), plus the prior's information); "
+                     "a bootstrap interval is issue 11"}
+            flags = flag_words(entry)
+            if flags:
+                entry["flags"] = flags
+        elif name in fitted:
             entry = {"value": value, "units": spec.units, "CI_95": [spec.lower, spec.upper],
-                     "source": f"prior ({spec.file}); not calibrated"}
+                     "source": "calibrated", "CI_kind": "prior CI_95 (no local analysis)",
+                     "outside_prior_CI_95": not spec.lower <= value <= spec.upper, **common}
+        else:
+            why = "not calibrated"
+            for st, r in zip(cal.config.stages, cal.stages):
+                if name in st.free and (r.skipped or name in r.held):
+                    why = (f"stage {r.name} skipped: {r.skipped}" if r.skipped else
+                           f"held in stage {r.name}: no data sensitivity")
+            entry = {"value": value, "units": spec.units, "CI_95": [spec.lower, spec.upper],
+                     "source": "prior", "prior_file": spec.file, "note": why, **common}
+            if name in ("V0", "SOM0") and f"{name} = " in cal.initial_state_note:
+                entry.update(source="data (first observed year)",
+                             note=cal.initial_state_note)
         block[name] = entry
     return {cal.region: block, "_meta": {"site": cal.site, "dtype": cal.dtype,
                                          "data": cal.observations.source_file}}
@@ -108,7 +150,7 @@ def fit_table(cal: SiteCalibration) -> pd.DataFrame:
     rows = []
     obs, sim = cal.observations, cal.sim
     years = np.asarray(sim.years)
-    hold = cal.holdout_years or cal.config.holdout
+    hold = cal.holdout_years
     for var in TARGET_VARIABLES:
         s = np.asarray(simulated(sim, var))
         for i, y in enumerate(years):
@@ -133,7 +175,7 @@ def _fit_figure(cal: SiteCalibration, path: Path):
                       if v not in vars_]
     panels = panels[:9]
     plt, fig, axes = _figure(len(panels))
-    hold = cal.holdout_years or cal.config.holdout
+    hold = cal.holdout_years
     prior_sim = cal.prior_sim
     for ax, var in zip(axes, panels):
         ax.plot(years, np.asarray(simulated(sim, var)), color="C0", lw=2, label="calibrated")
@@ -178,7 +220,8 @@ def _corr_figure(cal: SiteCalibration, path: Path):
     ax.set_ylabel("parameter", fontsize=8)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{C[i, j]:.2f}", ha="center", va="center", fontsize=6)
+            ax.text(j, i, f"{C[i, j]:.2f}" if np.isfinite(C[i, j]) else "n.i.",
+                    ha="center", va="center", fontsize=6)
     for p in ident["pairs"]:
         if p["flag"]:
             i, j = names.index(p["pair"][0]), names.index(p["pair"][1])
@@ -229,7 +272,9 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
         f"- data: `{cal.observations.source_file}` ({cal.observations.years.size} years with "
         f"rows); simulated {cal.forcing.start}-{cal.forcing.end}",
         f"- training years {cal.train_years[0]}-{cal.train_years[1]}; holdout "
-        f"{cal.holdout_years or 'none with data'}",
+        f"{cal.holdout_years or 'none with data'} ({cal.holdout_rule or 'config'}); "
+        "measurement spreads from the training cells only",
+        f"- initial state: {cal.initial_state_note or 'prior'}",
         f"- solver `{cal.config.method}` in {cal.dtype}; seed {cal.config.seed}",
         f"- optimiser: {optimizer_text(cal)}",
         "",
@@ -241,16 +286,18 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
     rows = []
     for r in cal.stages:
         if r.skipped:
-            rows.append([r.name, ", ".join(r.free), str(r.n_obs), "skipped", "–", "–", "–",
-                         r.skipped])
+            rows.append([r.name, ", ".join(r.free), "–", str(r.n_obs), r.status, "–", "–",
+                         "–", r.skipped])
         else:
-            rows.append([r.name, ", ".join(r.free), str(r.n_obs), str(r.iterations),
-                         f"{r.initial_loss:.4g} → {r.final_loss:.4g}",
+            note = "; ".join(x for x in (r.note, ("dropped starts " + str(
+                list(r.dropped_starts))) if r.dropped_starts else "") if x)
+            rows.append([r.name, ", ".join(r.fitted) or "–", str(r.n_obs), r.status,
+                         str(r.iterations), f"{r.initial_loss:.4g} → {r.final_loss:.4g}",
                          "yes" if r.converged else "no",
-                         f"{r.best_start}/{r.n_starts}",
-                         ("dropped " + str(list(r.dropped_starts))) if r.dropped_starts else ""])
-    lines += [_table(["stage", "free", "obs", "iterations", "loss", "converged", "best start",
-                      "note"], rows), ""]
+                         f"{r.best_start}/{r.n_starts}", note])
+    lines += [_table(["stage", "fitted", "obs", "status", "iterations", "loss", "converged",
+                      "best start", "note"], rows), "",
+              "Status: " + "; ".join(f"`{k}` {v}" for k, v in STAGE_STATUS.items()) + ".", ""]
     lines += ["## Parameters", ""]
     pj = params_json(cal)[cal.region]
     rows = []
@@ -259,24 +306,46 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
         if e["source"] != "calibrated" and name not in SEED_PARAM_NAMES:
             continue
         prior = float(getattr(cal.prior, name))
-        rows.append([name, e["units"], _fmt(prior), _fmt(e["value"]),
-                     f"[{_fmt(e['CI_95'][0])}, {_fmt(e['CI_95'][1])}]",
-                     "calibrated" if e["source"] == "calibrated" else "prior"])
-    lines += [_table(["parameter", "units", "prior", "value", "CI_95", "source"], rows),
-              "", f"All {len(PARAM_NAMES)} parameters are in `params.json` (seed schema).", ""]
+        rows.append([name, e["units"], _fmt(prior),
+                     f"[{_fmt(e['prior_CI_95'][0])}, {_fmt(e['prior_CI_95'][1])}]",
+                     _fmt(e["value"]),
+                     f"[{_fmt(e['CI_95'][0])}, {_fmt(e['CI_95'][1])}]"
+                     + (" (one-sided)" if e.get("at_bound") else ""),
+                     "calibrated" if e["source"] == "calibrated" else "prior",
+                     flag_words(e) or "–"])
+    lines += [_table(["parameter", "units", "prior", "prior CI_95", "value", "CI_95",
+                      "source", "flags"], rows),
+              "", f"All {len(PARAM_NAMES)} parameters are in `params.json` (seed schema). "
+              "Bounds are physical (`bounds` and `bounds_reason` in the priors files); the "
+              "prior is a soft penalty (weight "
+              f"{cal.config.prior_weight:g}). Flags: *at bound* (the interval is one-sided "
+              "from the bound), *not identified by the data* (a direction of the data-only "
+              "Fisher matrix with negligible information; its variance is the prior's), "
+              "*prior-dominated* (posterior sd > 0.8 prior sd).", ""]
+    outside = [n for n in PARAM_NAMES if pj[n]["source"] == "calibrated"
+               and pj[n].get("outside_prior_CI_95")]
+    lines += ["Calibrated parameters outside their prior CI_95: "
+              + (", ".join(f"{n} = {_fmt(pj[n]['value'])} (prior CI_95 "
+                            f"[{_fmt(pj[n]['prior_CI_95'][0])}, "
+                            f"{_fmt(pj[n]['prior_CI_95'][1])}])" for n in outside)
+                 if outside else "none") + ".", ""]
     lines += ["## Goodness of fit", ""]
     rows = []
     for var, row in cal.metrics.items():
         for split in ("training", "holdout"):
             m = row[split]
             if m["n"]:
-                rows.append([var, split, m["n"], m["R2"], m["RMSE"], m["rRMSE"], m["NSE"]])
-    lines += [_table(["variable", "split", "n", "R2", "RMSE", "rel. RMSE", "NSE"], rows), ""]
+                rows.append([var, split, m["n"], m["R2_1to1"], m["R2"], m["RMSE"], m["rRMSE"],
+                             m["NSE"]])
+    lines += [_table(["variable", "split", "n", "R2 (1:1)", "r² (corr.)", "RMSE",
+                      "rel. RMSE", "NSE"], rows), ""]
     lines += ["Metrics, per variable and split (RMSE in the variable's units: "
               + "; ".join(f"{v} {VARIABLE_LABELS[v][VARIABLE_LABELS[v].rfind('('):]}"
                           for v in cal.metrics if v in VARIABLE_LABELS) + "):", ""]
     lines += [f"- **{k}**: {d}" for k, d in METRIC_DEFINITIONS] + [""]
-    lines += ["Seed criteria: R2 >= 0.7 on V and SOM; RMSE <= 20% on holdout.", ""]
+    lines += ["Seed criteria: R2 >= 0.7 on V and SOM, judged on the 1:1-line R2 (not the "
+              "squared correlation, which a biased or scaled simulation can max out); "
+              "RMSE <= 20% on holdout.", ""]
     rows = [[k, v.get("value"), v.get("pass") if v.get("pass") is not None else "n/a"]
             for k, v in cal.criteria.items()]
     lines += [_table(["criterion", "value", "result"], rows), ""]
@@ -307,9 +376,15 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
     ident = cal.identifiability
     if ident:
         lines += ["## Local identifiability", "",
-                  f"Gauss-Newton information (jacfwd through the solve) over "
-                  f"{len(ident['names'])} parameters; condition number "
-                  f"{_fmt(ident['condition_number'])}.", "",
+                  f"Gauss-Newton information of the **data rows only** (jacfwd through the "
+                  f"solve, on each parameter's transform scale) over "
+                  f"{len(ident['names'])} parameters: rank {ident['rank']} of "
+                  f"{ident['n_params']}; condition number on the identified subspace "
+                  f"{_fmt(ident['condition_number'])}; chi²/dof "
+                  f"{_fmt(ident['chi2_dof'])} ({_fmt(ident['chi2'])} over "
+                  f"{ident['dof']} degrees of freedom, {ident['n_data_rows']} data rows); "
+                  f"residual-variance scaling of the data information "
+                  f"{_fmt(ident['residual_variance_scale'])} (max(1, chi²/dof)).", "",
                   f"![correlation]({files['corr_png']})", ""]
         rows = [[p["pair"][0] + " – " + p["pair"][1], p["corr"],
                  f"strong trade-off (above {CORR_FLAG:g} in size)" if p["flag"]
@@ -320,8 +395,11 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
                   "values are the figure's.", ""]
         if rows:
             lines += [_table(["pair", "correlation r", "flag"], rows), ""]
-        rows = [[n, v] for n, v in zip(ident["names"], ident["VIF"])]
-        lines += [_table(["parameter", "VIF"], rows), "",
+        rows = [[n, v, "yes" if ident["params"][n]["not_identified"] else "no",
+                 ident["params"][n]["sd_ratio_posterior_prior"]]
+                for n, v in zip(ident["names"], ident["VIF"])]
+        lines += [_table(["parameter", "VIF (data rows)", "not identified by the data",
+                          "posterior sd / prior sd"], rows), "",
                   "VIF > 10 marks a parameter whose sensitivity is nearly a combination of "
                   "others' (poorly identifiable from these data).", ""]
     lines += ["## Stage log", ""] + [f"- {describe(r)}" for r in cal.stages] + [""]
@@ -348,6 +426,12 @@ def write_outputs(cal: SiteCalibration, out: str | Path) -> dict:
         "metrics": cal.metrics, "criteria": cal.criteria, "seed_criteria": SEED_CRITERIA,
         "stages": [r.as_dict() for r in cal.stages],
         "identifiability": cal.identifiability, "magnitudes": cal.magnitudes,
+        "holdout_rule": cal.holdout_rule,
+        "parameter_flags": {n: {k: e.get(k) for k in ("at_bound", "not_identified",
+                                                      "prior_dominated", "outside_prior_CI_95",
+                                                      "source", "CI_95")}
+                            for n, e in params_json(cal)[cal.region].items()
+                            if e["source"] == "calibrated"},
     }
     (out / "metrics.json").write_text(json.dumps(_num(metrics), indent=2))
     _fit_figure(cal, out / "fit.png")

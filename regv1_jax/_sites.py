@@ -11,7 +11,7 @@ from ._data import DataError, Observations, load_site, load_sites_registry
 from ._forcing import Forcing, grain_for_green, make_forcing
 from ._paths import data_dir, data_path
 
-__all__ = ["Site", "get_site", "site_forcing"]
+__all__ = ["Site", "get_site", "site_forcing", "read_forcing_csv", "FORCING_RULE"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,22 +84,118 @@ def get_site(name: str, data: str | Path | None = None, region: str | None = Non
     )
 
 
-def site_forcing(site: Site, start: int, end: int, planting: bool = True, dtype=None
-                 ) -> Forcing:
+FORCING_RULE = (
+    "per-year forcing columns (storm_intensity_mm_min, psi_eng, psi_plant; from the "
+    "observations CSV or --forcing, --forcing winning): a year without a value takes the "
+    "last earlier year's value; years before the first value take the site's constant "
+    "(registry storm_intensity_mm_min, psi_eng; for psi_plant the Grain-for-Green "
+    "schedule). Rainfall: observed where given, else the site's MAP.")
+
+
+def read_forcing_csv(path) -> dict[str, dict[int, float]]:
+    """A forcing CSV: ``year`` plus any of ``rainfall_mm``, ``storm_intensity_mm_min``,
+    ``psi_eng``, ``psi_plant`` (blank cells: missing).  Returns ``{column: {year: value}}``.
+    Raises DataError naming the file, line and column."""
+    import pandas as pd
+
+    path = Path(path)
+    allowed = ("rainfall_mm", "storm_intensity_mm_min", "psi_eng", "psi_plant")
+    bounds = {"rainfall_mm": (0.0, None), "storm_intensity_mm_min": (0.0, None),
+              "psi_eng": (0.0, 1.0), "psi_plant": (0.0, 1.0)}
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV ({err})") from err
+    cols = [c.strip() for c in df.columns]
+    if "year" not in cols:
+        raise DataError(f"{path}, line 1: missing column 'year'")
+    unknown = [c for c in cols if c != "year" and c not in allowed]
+    if unknown:
+        raise DataError(f"{path}, line 1, column {unknown[0]!r}: unknown column; allowed "
+                        f"are year, {', '.join(allowed)}")
+    df.columns = cols
+    out: dict[str, dict[int, float]] = {c: {} for c in cols if c != "year"}
+    for i, row in enumerate(df.to_dict("records")):
+        line = i + 2
+        try:
+            year = int(str(row["year"]).strip())
+        except ValueError:
+            raise DataError(f"{path}, line {line}, column 'year': not an integer year "
+                            f"({row['year']!r})") from None
+        for c in out:
+            text = str(row[c]).strip()
+            if not text:
+                continue
+            try:
+                v = float(text)
+            except ValueError:
+                raise DataError(f"{path}, line {line}, column {c!r}: not a number "
+                                f"({text!r})") from None
+            lo, hi = bounds[c]
+            if not np.isfinite(v) or v < lo or (hi is not None and v > hi) or (
+                    c == "storm_intensity_mm_min" and v <= 0):
+                raise DataError(f"{path}, line {line}, column {c!r}: {v:g} outside "
+                                f"[{lo}, {hi if hi is not None else 'inf'}]"
+                                f"{' (must be > 0)' if c == 'storm_intensity_mm_min' else ''}")
+            if year in out[c]:
+                raise DataError(f"{path}, line {line}: year {year} appears twice")
+            out[c][year] = v
+    return out
+
+
+def _fill(years, given: dict[int, float], before) -> np.ndarray:
+    """``given`` on ``years``: missing years carry the last earlier value forward; years
+    before the first given value take ``before`` (an array over ``years``)."""
+    out = np.asarray(before, float).copy()
+    last = None
+    for i, y in enumerate(years):
+        if int(y) in given:
+            last = given[int(y)]
+        if last is not None:
+            out[i] = last
+    return out
+
+
+def site_forcing(site: Site, start: int, end: int, planting: bool = True, dtype=None,
+                 forcing_table: dict[str, dict[int, float]] | None = None) -> Forcing:
     """Annual forcing of a site: observed rainfall where the data have it, else the MAP;
-    the site's storm intensity; Grain for Green planting from the site's start year (when
-    ``planting``); a constant engineering share."""
+    the site's storm intensity, engineering share and Grain for Green planting (from the
+    site's start year, when ``planting``), each replaced year by year by the per-year
+    forcing columns of the observations or of ``forcing_table`` (``read_forcing_csv``),
+    with the rule of ``FORCING_RULE`` for years without a value."""
+    years = np.arange(start, end + 1)
+    given: dict[str, dict[int, float]] = {}
     rain = {}
     if site.observations is not None:
         o = site.observations
         m = o.masks["rainfall_mm"]
         rain = {int(y): float(v) for y, v in zip(o.years[m], o.values["rainfall_mm"][m])}
+        for col, arr in o.extra.items():
+            if col in ("storm_intensity_mm_min", "psi_eng", "psi_plant"):
+                ok = np.isfinite(arr)
+                if ok.any():
+                    given[col] = {int(y): float(v) for y, v in zip(o.years[ok], arr[ok])}
+    for col, table in (forcing_table or {}).items():
+        if col == "rainfall_mm":
+            rain = {**rain, **table}
+        elif table:
+            given[col] = {**given.get(col, {}), **table}
+    psi_plant = np.asarray(grain_for_green(start, end, site.planting_start if planting
+                                           else None), float)
+    intensity = np.full(len(years), site.intensity)
+    psi_eng = np.full(len(years), site.psi_eng)
+    if "storm_intensity_mm_min" in given:
+        intensity = _fill(years, given["storm_intensity_mm_min"], intensity)
+    if "psi_eng" in given:
+        psi_eng = _fill(years, given["psi_eng"], psi_eng)
+    if "psi_plant" in given and planting:
+        psi_plant = _fill(years, given["psi_plant"], psi_plant)
     return make_forcing(
         start, end,
         rainfall=rain,
         rainfall_fill=site.MAP_mm,
-        intensity=site.intensity,
-        psi_plant=grain_for_green(start, end, site.planting_start if planting else None),
-        psi_eng=site.psi_eng,
+        intensity=intensity,
+        psi_plant=psi_plant,
+        psi_eng=psi_eng,
         dtype=dtype,
     )

@@ -124,7 +124,7 @@ def true_params(region: str, overrides: Mapping[str, float]) -> tuple[Params, di
 
     Returns the :class:`Params` and a dict ``name -> {"true", "prior", "CI_95"}`` of the
     overridden names.  Raises :class:`ParameterError` for an unknown name or a value outside
-    the region's CI_95 (``space.spec(name).lower/upper``).
+    the region's physical bounds (a truth outside the prior CI_95 is allowed and flagged).
     """
     _require_x64()
     space = load_param_space(region)
@@ -134,12 +134,13 @@ def true_params(region: str, overrides: Mapping[str, float]) -> tuple[Params, di
             raise ParameterError(f"unknown parameter {name!r}; known: {PARAM_NAMES}")
         spec = space.spec(name)
         value = float(value)
-        if not (math.isfinite(value) and spec.lower <= value <= spec.upper):
+        if not (math.isfinite(value) and spec.bound_lower <= value <= spec.bound_upper):
             raise ParameterError(
                 f"region {region!r}, parameter {name!r}: true value {value} lies outside its "
-                f"CI_95 [{spec.lower}, {spec.upper}] ({spec.file})"
+                f"physical bounds [{spec.bound_lower}, {spec.bound_upper}] ({spec.file})"
             )
-        offsets[name] = {"true": value, "prior": spec.value, "CI_95": [spec.lower, spec.upper]}
+        offsets[name] = {"true": value, "prior": spec.value, "CI_95": [spec.lower, spec.upper],
+                         "outside_prior_CI_95": not spec.lower <= value <= spec.upper}
     base = space.prior_values(jnp.float64)
     params = base.replace(**{k: jnp.asarray(v["true"], jnp.float64) for k, v in offsets.items()})
     return params, offsets
@@ -248,7 +249,8 @@ def make_twin(
         region: prior region (``"LoessPlateau"``, ``"ChihuahuanDesert"``); every parameter
             not overridden takes the region's prior value.
         location: the CSV ``location`` of every row.
-        true_params_overrides: ``{name: value}``; each value must lie in the region's CI_95.
+        true_params_overrides: ``{name: value}``; each value must lie in the region's
+            physical bounds (a truth outside the prior CI_95 is allowed).
         start, end: first and last calendar year (inclusive).
         rainfall: mm/yr, scalar, ``end - start + 1`` values or ``{year: value}`` (see
             :func:`synthetic_rainfall`); written to ``rainfall_mm`` exactly.

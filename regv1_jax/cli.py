@@ -85,6 +85,54 @@ def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
+def _read_forcing(path):
+    """``--forcing``: the per-year forcing table (None without the option)."""
+    if not path:
+        return None
+    from ._sites import read_forcing_csv
+
+    return read_forcing_csv(path)
+
+
+def _parse_holdout(text: str):
+    """``--holdout``: ``Y0-Y1``, ``auto`` or ``none``."""
+    t = text.strip().lower()
+    if t == "auto":
+        return "auto"
+    if t == "none":
+        return None
+    parts = t.split("-")
+    try:
+        y0, y1 = (int(x) for x in parts)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected Y0-Y1 (e.g. 2008-2010), 'auto' or "
+                                 "'none'", param_hint="--holdout") from None
+    if y1 < y0:
+        raise click.BadParameter(f"{text!r}: the last year is before the first",
+                                 param_hint="--holdout")
+    return (y0, y1)
+
+
+def _override(space, params_file):
+    """``--params``: the prior values with the file's values; a value outside the prior
+    CI_95 (inside the physical bounds) is accepted with a warning."""
+    import warnings
+
+    from ._params import ParameterWarning
+
+    if not params_file:
+        return space.prior_values()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ParameterWarning)
+        params = space.override(params_file)
+    for w in caught:
+        if issubclass(w.category, ParameterWarning):
+            warn(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return params
+
+
 def check_years(start: int | None, end: int | None, min_years: int = 1) -> None:
     """``--start``/``--end``: end not before start, at least ``min_years``, at most
     ``MAX_YEARS``."""
@@ -256,8 +304,12 @@ def sites():
 @click.option("--no-cache", is_flag=True, help="Do not use the compilation cache.")
 @click.option("--dry-run", is_flag=True,
               help="Check the options and inputs, print warnings, compute nothing.")
+@click.option("--forcing", "forcing_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="CSV of per-year forcing: year and any of rainfall_mm, "
+              "storm_intensity_mm_min, psi_eng, psi_plant (a year without a value keeps the "
+              "last earlier value; before the first, the site's constant).")
 def simulate(site, region, start, end, out, params_file, data, plot, method, dtype,
-             no_planting, no_cache, dry_run):
+             no_planting, no_cache, dry_run, forcing_file):
     """Simulate a site year by year and write one CSV row per year.
 
     The CSV and the figure are written under temporary names and renamed into place once
@@ -272,7 +324,8 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
         if params_file:
             for w in params_file_warnings(params_file, s.region):
                 warn(w)
-        params = space.override(params_file) if params_file else space.prior_values()
+        params = _override(space, params_file)
+        ftable = _read_forcing(forcing_file)
     for w in year_range_warnings(start, end, _data_years(s), s.data_file):
         warn(w)
     if dry_run:
@@ -284,7 +337,8 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
         # A one-year run solves two years and keeps the first: the solver needs a forcing
         # date inside the run, and a later year cannot change an earlier one.
-        forcing = site_forcing(s, start, max(end, start + 1), planting=not no_planting)
+        forcing = site_forcing(s, start, max(end, start + 1), planting=not no_planting,
+                               forcing_table=ftable)
         sim = _solve.simulate(params.astype(jdtype), forcing, method=method)
         status = int(sim.status)
         if status != 0:
@@ -361,8 +415,19 @@ def _config_help() -> str:
 @click.option("--no-cache", is_flag=True, help="Do not use the compilation cache.")
 @click.option("--dry-run", is_flag=True,
               help="Check the options and inputs, print warnings, compute nothing.")
+@click.option("--holdout", default=None, metavar="Y0-Y1|auto|none",
+              help="Years kept out of the fit and scored separately: Y0-Y1, 'auto' (the last "
+              "~20% of the observed years; the default) or 'none'. Overrides the config.")
+@click.option("--forcing", "forcing_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="CSV of per-year forcing: year and any of rainfall_mm, "
+              "storm_intensity_mm_min, psi_eng, psi_plant (a year without a value keeps the "
+              "last earlier value; before the first, the site's constant).")
+@click.option("--area-km2", "area_km2", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Catchment area (km2) converting runoff_m3 (m3/yr) and "
+              "sediment_t (t/yr) columns to mm/yr and t/ha/yr (default: the site registry's "
+              "area_km2).")
 def calibrate(site, data, region, out, force, config_file, start, end, n_starts, method,
-              dtype, seed, no_cache, dry_run):
+              dtype, seed, no_cache, dry_run, holdout, forcing_file, area_km2):
     """Staged calibration of a site; writes params.json, fit.csv, metrics.json, figures,
     report.md / report.html and manifest.json into OUT (all at once, when the run ends)."""
     import dataclasses
@@ -376,16 +441,23 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
         cfg = load_config(config_file) if config_file else CalibrationConfig()
         kw = {k: v for k, v in (("n_starts", n_starts), ("method", method), ("seed", seed))
               if v is not None}
+        if holdout is not None:
+            kw["holdout"] = _parse_holdout(holdout)
         cfg = dataclasses.replace(cfg, **kw)
         s, space = _load_site(site, data, region)
         if s.observations is None:
             raise DataError(f"site {site!r} has no bundled data: pass --data FILE.csv")
         for st in cfg.stages:
             st.check(space)
-        obs = s.observations
+        from ._data import convert_gauge
+
+        area = area_km2 if area_km2 is not None else s.area_km2
+        obs = convert_gauge(s.observations, area)
+        s = dataclasses.replace(s, observations=obs)
+        ftable = _read_forcing(forcing_file)
         y0 = int(obs.years[0]) if start is None else start
-        y1 = end if end is not None else max(int(obs.years[-1]),
-                                             cfg.holdout[1] if cfg.holdout else 0)
+        y1 = end if end is not None else max(
+            int(obs.years[-1]), cfg.holdout[1] if isinstance(cfg.holdout, tuple) else 0)
         check_years(y0, y1, min_years=2)
         if not ((obs.years >= y0) & (obs.years <= y1)).any():
             raise DataError(f"{s.data_file}: no data rows for {s.name!r} in the years "
@@ -403,7 +475,7 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
     t0 = time.time()
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
         prior = space.prior_values(jdtype)
-        forcing = site_forcing(s, y0, y1)
+        forcing = site_forcing(s, y0, y1, forcing_table=ftable)
         click.echo(f"calibrating {s.name} ({s.region}) on {s.data_file}, {y0}-{y1}, "
                    f"{cfg.method}/{dtype}, {cfg.n_starts} start(s) per stage")
         click.echo("  (the first stage includes compilation unless it is cached)")
@@ -411,10 +483,11 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
                              progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
     from ._paths import data_path
 
-    inputs = {"data": s.data_file, "config": config_file}
+    inputs = {"data": s.data_file, "config": config_file, "forcing": forcing_file}
     with contextlib.suppress(FileNotFoundError):
         inputs.update(priors_seed=data_path("priors_seed.json"),
-                      priors_extra=data_path("priors_extra.json"))
+                      priors_extra=data_path("priors_extra.json"),
+                      bounds_seed=data_path("bounds_seed.json"))
     doc = command_manifest(inputs, dtype=dtype, site=s.name, region=s.region,
                            optimizer=cfg.optimizer, n_starts=cfg.n_starts, seed=cfg.seed)
     with out_dir_writer(out_path, doc) as tmp:
@@ -484,7 +557,7 @@ def equilibria(region, map_mm, sweep, params_file, intensity, planting, out, for
         if params_file:
             for w in params_file_warnings(params_file, region):
                 warn(w)
-        params = space.override(params_file) if params_file else space.prior_values()
+        params = _override(space, params_file)
     from ._equilibria import Climate, bifurcation
     from ._equilibria import equilibria as find_equilibria
 

@@ -37,9 +37,9 @@ def test_simulate_params_override_and_errors(tmp_path):
     va = pd.read_csv(tmp_path / "a.csv")["V"].iloc[-1]
     vb = pd.read_csv(tmp_path / "b.csv")["V"].iloc[-1]
     assert vb > va
-    over.write_text(json.dumps({"LoessPlateau": {"r_V": {"value": 2.0}}}))
+    over.write_text(json.dumps({"LoessPlateau": {"r_V": {"value": 2.5}}}))
     c = r.invoke(main, base + [str(tmp_path / "c.csv"), "--params", str(over)])
-    assert c.exit_code != 0 and "outside its CI_95" in c.output
+    assert c.exit_code != 0 and "outside its physical bounds" in c.output
     d = r.invoke(main, ["simulate", "--site", "Atlantis", "--start", "1995", "--end", "2000",
                         "--out", str(tmp_path / "d.csv")])
     assert d.exit_code != 0 and "unknown site 'Atlantis'" in d.output
@@ -105,8 +105,14 @@ def test_the_report_names_the_optimiser_and_defines_the_metrics(calibrated):
     md = (out / "report.md").read_text()
     assert "Levenberg-Marquardt" in md and "L-BFGS" not in md
     assert "2 start(s) per stage" in md and "a_vegetation" in md
-    for term in ("**R2**", "**RMSE**", "**rel. RMSE**", "**NSE**", "Nash-Sutcliffe"):
+    for term in ("**R2 (1:1)**", "**r² (corr.)**", "**RMSE**", "**rel. RMSE**", "**NSE**",
+                 "Nash-Sutcliffe", "judged on the 1:1-line R2", "chi²/dof"):
         assert term in md
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "R2_1to1" in metrics["metrics"]["veg_cover_%"]["training"]
+    for name, flags in metrics["parameter_flags"].items():  # the flags travel with metrics
+        assert {"at_bound", "not_identified", "prior_dominated"} <= set(flags), name
+        assert flags["CI_95"][1] > flags["CI_95"][0], name
     metrics = json.loads((out / "metrics.json").read_text())
     C = np.asarray(metrics["identifiability"]["corr"], float)
     names = metrics["identifiability"]["names"]
@@ -287,8 +293,9 @@ def test_the_html_report_renders_in_a_real_browser(calibrated, tmp_path):
 
 def test_equilibria_command_writes_table_json_and_figure(tmp_path):
     out = tmp_path / "eq"
+    # The sweep of test_model_v2 (one compilation serves both).
     res = CliRunner().invoke(main, [
-        "equilibria", "--region", "LoessPlateau", "--map", "400", "--sweep", "200:700:21",  # the sweep of test_model_v2 (one compile)
+        "equilibria", "--region", "LoessPlateau", "--map", "400", "--sweep", "200:700:21",
         "--params", str(data_path("parameter_sets/loess_bistable.json")), "--out", str(out)])
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "equilibria.csv")

@@ -125,8 +125,11 @@ CASES = [
     ("params-a-list", lambda t: sim_params(t, "[1, 2]"), "error", ["bad.json"]),
     ("params-unknown-name", lambda t: sim_params(t, {"LoessPlateau": {"r_W": {"value": 1}}}),
         "error", ["bad.json", "r_W"]),
-    ("params-out-of-range", lambda t: sim_params(t, {"LoessPlateau": {"r_V": {"value": 2.0}}}),
-        "error", ["r_V", "outside its CI_95"]),
+    ("params-out-of-range", lambda t: sim_params(t, {"LoessPlateau": {"r_V": {"value": 5.0}}}),
+        "error", ["r_V", "outside its physical bounds", "[0.001, 2.0]"]),
+    ("params-outside-prior-ci", lambda t: sim_params(
+        t, {"LoessPlateau": {"r_V": {"value": 0.5}}}, "--dry-run"), "warn",
+        ["r_V", "outside its prior CI_95", "accepted"]),
     ("params-wrong-units", lambda t: sim_params(
         t, {"LoessPlateau": {"r_V": {"value": 0.2, "units": "day^-1"}}}), "error",
         ["r_V", "units"]),

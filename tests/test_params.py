@@ -39,7 +39,33 @@ def test_transform_round_trip_and_bounds():
     for name in r.PARAM_NAMES:
         spec = space.spec(name)
         x = np.asarray(getattr(far, name))
-        assert np.all((x >= spec.lower) & (x <= spec.upper)), name
+        assert np.all((x >= spec.bound_lower) & (x <= spec.bound_upper)), name
+    # The transform reaches well outside the prior CI_95 (bounds are physical, not the CI).
+    assert float(np.max(np.asarray(far.K_V))) > 0.99
+    assert float(np.max(np.asarray(far.r_V))) > 1.5
+
+
+@pytest.mark.parametrize("region", ["LoessPlateau", "ChihuahuanDesert"])
+def test_physical_bounds_stated_with_reason_and_contain_the_prior(region):
+    space = r.load_param_space(region)
+    for spec in space.specs:
+        assert spec.bounds_reason, spec.name
+        assert spec.bound_lower <= spec.lower < spec.upper <= spec.bound_upper, spec.name
+    assert space.spec("K_V").bounds[1] == 1.0 and space.spec("K_V").bounds[0] > 0
+    for share in ("b_V", "b_eng", "e_s", "f_0", "V0"):
+        assert space.spec(share).bounds == (0.0, 1.0), share
+
+
+def test_override_outside_ci_warns_outside_bounds_errors(tmp_path):
+    space = r.load_param_space("LoessPlateau")
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"K_V": {"value": 0.9}}))
+    with pytest.warns(r.ParameterWarning, match="outside its prior CI_95"):
+        p = space.override(f)
+    assert float(p.K_V) == pytest.approx(0.9)
+    f.write_text(json.dumps({"K_V": {"value": 1.2}}))
+    with pytest.raises(r.ParameterError, match=r"physical bounds \[0.01, 1.0\]"):
+        space.override(f)
 
 
 def test_scales_log_for_wide_positive_intervals():
@@ -115,13 +141,21 @@ def _set(block, key, **kw):
 @pytest.mark.parametrize(
     "edit, pattern",
     [
-        (lambda b: _drop(b, "lambda1"), r"region 'LoessPlateau': missing parameter\(s\) \['lambda1'\]"),
-        (lambda b: _set(b, "a2", value=0.5), r"'a2' in bad.json: value 0.5 lies outside its CI_95"),
-        (lambda b: _set(b, "K_V", CI_95=[0.8, 0.6]), r"'K_V' in bad.json: CI_95 low \(0.8\) must be below high"),
+        (lambda b: _drop(b, "lambda1"),
+         r"region 'LoessPlateau': missing parameter\(s\) \['lambda1'\]"),
+        (lambda b: _set(b, "a2", value=0.5),
+         r"'a2' in bad.json: value 0.5 lies outside its CI_95"),
+        (lambda b: _set(b, "K_V", CI_95=[0.8, 0.6]),
+         r"'K_V' in bad.json: CI_95 low \(0.8\) must be below high"),
         (lambda b: _set(b, "K_V", CI_95=[0.7, 0.7], value=0.7), r"'K_V' in bad.json: CI_95 low"),
         (lambda b: _set(b, "r_V", units="day^-1"), r"'r_V' in bad.json: unknown units 'day\^-1'"),
-        (lambda b: _set(b, "r_V", value="fast"), r"'r_V' in bad.json: value and CI_95 must be numbers"),
-        (lambda b: {**b, "r_W": {"value": 1, "units": "yr^-1", "CI_95": [0, 2]}}, r"'r_W' in bad.json: unknown parameter"),
+        (lambda b: _set(b, "r_V", value="fast"),
+         r"'r_V' in bad.json: value and CI_95 must be numbers"),
+        (lambda b: {**b, "r_W": {"value": 1, "units": "yr^-1", "CI_95": [0, 2]}},
+         r"'r_W' in bad.json: unknown parameter"),
+        (lambda b: _set(b, "K_V", bounds=[0.65, 1.0]),
+         r"'K_V' in bad.json: CI_95 \[0.6, 0.8\] must lie inside the bounds"),
+        (lambda b: _set(b, "K_V", bounds="wide"), r"'K_V' in bad.json.*bounds must be two"),
     ],
 )
 def test_bad_prior_files_raise_clear_errors(tmp_path, edit, pattern):
@@ -145,8 +179,8 @@ def test_override_file(tmp_path):
     p = space.override(path)
     assert float(p.r_V) == pytest.approx(0.15)
     assert float(p.K_V) == pytest.approx(0.70)
-    path.write_text(json.dumps({"r_V": {"value": 0.5}}))
-    with pytest.raises(r.ParameterError, match=r"'r_V' in over.json: value 0.5 lies outside"):
+    path.write_text(json.dumps({"r_V": {"value": 5.0}}))
+    with pytest.raises(r.ParameterError, match=r"'r_V' in over.json: value 5.0 lies outside"):
         space.override(path)
     path.write_text(json.dumps({"ChihuahuanDesert": {"r_V": {"value": 0.05}}}))
     with pytest.raises(r.ParameterError, match="region 'LoessPlateau' not found"):

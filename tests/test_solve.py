@@ -43,7 +43,8 @@ def test_vmap_over_64_draws_equals_a_loop(method):
 
 def _loss(p, f, **kw):
     sim = r.simulate(p, f, **kw)
-    return jnp.sum(sim.runoff) / 100 + jnp.sum(sim.V) + jnp.sum(sim.SOM) + jnp.sum(sim.erosion) / 100
+    return (jnp.sum(sim.runoff) / 100 + jnp.sum(sim.V) + jnp.sum(sim.SOM)
+            + jnp.sum(sim.erosion) / 100)
 
 
 @pytest.mark.parametrize("adjoint", ["checkpoint", "backsolve"])

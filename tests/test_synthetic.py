@@ -108,9 +108,9 @@ def test_written_twin_round_trips(tmp_path, small_pair):
     assert json.loads(js.read_text())["true_params"] == meta["true_params"]
 
 
-def test_true_value_outside_ci_rejected():
-    with pytest.raises(ParameterError, match="CI_95"):
-        make_twin("LoessPlateau", "x", {"r_V": 0.5}, START, END, 400.0, 1999)
+def test_true_value_outside_bounds_rejected():
+    with pytest.raises(ParameterError, match="physical bounds"):
+        make_twin("LoessPlateau", "x", {"r_V": 5.0}, START, END, 400.0, 1999)
     with pytest.raises(ParameterError, match="unknown"):
         make_twin("LoessPlateau", "x", {"nope": 1.0}, START, END, 400.0, 1999)
 

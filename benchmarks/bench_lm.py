@@ -1,0 +1,112 @@
+"""Hand-written Levenberg-Marquardt (``_calibrate._levenberg_marquardt``, the library path)
+against ``optimistix.LevenbergMarquardt`` on the same residuals, one start, one stage.
+
+    python benchmarks/bench_lm.py [--stage 4] [--repeat 3]
+        [--out benchmarks/results/lm_<host>.json]
+
+Problem: the noisy Yanhe twin (``data/synthetic/yanhe_synthetic.csv``), 1995-2015, training
+1995-2010, LoessPlateau priors, float64, Tsit5 rtol = atol = 1e-6, the seed stage chosen by
+``--stage`` (1-based; default 5, the joint stage with 12 free parameters) from the prior.
+Both are jitted; compile time is reported apart; the time is the best of ``--repeat`` warm
+calls; the final cost 0.5 |r|^2 is evaluated by the same residual function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optimistix as optx  # noqa: E402
+
+import regv1_jax as r  # noqa: E402
+from regv1_jax._calibrate import (  # noqa: E402
+    MAX_FREE,
+    SEED_STAGES,
+    CalibrationConfig,
+    _levenberg_marquardt,
+    _mask_tree,
+    _residuals,
+    _Settings,
+    _stack,
+    _weights,
+)
+from regv1_jax._objective import make_targets  # noqa: E402
+from regv1_jax._sites import get_site, site_forcing  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=f"benchmarks/results/lm_{socket.gethostname()}.json")
+    a = ap.parse_args()
+    site = get_site("Yanhe-basin-synthetic")
+    space = r.load_param_space("LoessPlateau")
+    prior = space.prior_values(jnp.float64)
+    forcing = site_forcing(site, 1995, 2015)
+    keep = jnp.asarray(np.asarray(forcing.years) <= 2010)
+    targets = make_targets(site.observations, forcing).with_mask(keep)
+    cfg = CalibrationConfig()
+    st = SEED_STAGES[a.stage - 1]
+    settings = _Settings.of(cfg)
+    mask = _mask_tree(space, st.free)
+    mask_vec = _stack(space, mask)
+    var_w, ev_w = _weights(st, jnp.float64)
+    pw = jnp.asarray(cfg.prior_weight)
+    u0 = _stack(space, space.to_unconstrained(prior))
+    idx = np.cumsum(np.asarray(mask_vec)) - 1
+    S = jnp.asarray(np.where(np.asarray(mask_vec)[:, None]
+                             & (idx[:, None] == np.arange(MAX_FREE)[None, :]), 1.0, 0.0))
+    k = len(st.free)
+
+    def res(u):
+        return _residuals(u, prior, mask, var_w, ev_w, pw, forcing, targets, space, settings,
+                          "forward")
+
+    def cost(u):
+        return 0.5 * jnp.sum(res(u) ** 2)
+
+    @jax.jit
+    def hand():
+        u, trace, g, it, _ = _levenberg_marquardt(res, u0, S, settings)
+        return u, it
+
+    Sk = S[:, :k]
+
+    @jax.jit
+    def optimistix():
+        solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+        sol = optx.least_squares(lambda v, _: res(u0 + Sk @ v), solver, jnp.zeros(k),
+                                 max_steps=cfg.lm_steps * 4, throw=False)
+        return u0 + Sk @ sol.value, sol.stats["num_steps"]
+
+    out = {"host": socket.gethostname(), "stage": st.name, "free": list(st.free),
+           "lm_steps": cfg.lm_steps, "initial_cost": float(cost(u0))}
+    for name, fn in (("hand_lm", hand), ("optimistix_lm", optimistix)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(a.repeat):
+            t0 = time.perf_counter()
+            u, it = jax.block_until_ready(fn())
+            times.append(time.perf_counter() - t0)
+        out[name] = {"first_call_s": first, "compile_s": first - min(times),
+                     "best_s": min(times), "iterations": int(it),
+                     "final_cost": float(cost(u))}
+        print(name, out[name], flush=True)
+    out["ratio_optimistix_over_hand"] = out["optimistix_lm"]["best_s"] / out["hand_lm"]["best_s"]
+    print(f"optimistix / hand = {out['ratio_optimistix_over_hand']:.2f}")
+    Path(a.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

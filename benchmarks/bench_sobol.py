@@ -39,34 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, run_header  # noqa: E402
-from bench_solve import _ensure_host_devices, light_inputs  # noqa: E402
+from bench_solve import _ensure_host_devices, light_inputs, scipy_yearly_grid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NAMES14 = ("r_V", "K_V", "lambda1", "lambda2", "eta1", "a1", "a2", "gamma", "b_V", "c_E",
            "omega_E", "k_E", "theta_star", "SOM_star")
-
-
-def scipy_yearly_grid(p, f, layout, method, rtol, atol):
-    """What a user writes: one ``solve_ivp`` per year (forcing constant), output at mid and
-    end of each year; the initial state of model v2 (start-year drivers)."""
-    import numpy as np
-    from scipy.integrate import solve_ivp
-
-    from regv1_jax._model import initial_state, vector_field_numpy, year_drivers
-
-    y = np.asarray(initial_state(p, year_drivers(p, f), layout, xp=np), dtype=np.float64)
-    grid = [y]
-    for k in range(f.n_years):
-        def rhs(_t, yy, tau=k + 0.5):
-            return vector_field_numpy(tau, yy, p, f, layout)
-
-        sol = solve_ivp(rhs, (float(k), float(k + 1)), y, method=method, rtol=rtol, atol=atol,
-                        t_eval=[k + 0.5, k + 1.0])
-        if not sol.success:
-            raise RuntimeError(sol.message)
-        grid += [sol.y[:, 0], sol.y[:, 1]]
-        y = sol.y[:, 1]
-    return np.stack(grid)
 
 
 def parse_args(argv=None):

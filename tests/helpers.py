@@ -1,5 +1,10 @@
 """Shared test helpers."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,3 +27,14 @@ def tree_allclose(a, b, rtol=1e-7, atol=0.0):
     assert len(la) == len(lb)
     return all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, equal_nan=True)
                for x, y in zip(la, lb))
+
+
+def run_on_cpu_devices(code: str, n: int = 4, marker: str = "SHARDED OK"):
+    """Run ``code`` in a fresh Python with ``n`` XLA host devices; assert it printed
+    ``marker`` (sharding tests need the flag before jax is imported)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and marker in res.stdout, res.stderr[-3000:]

@@ -6,10 +6,7 @@ member, whatever ``rate_terms`` says.
 """
 
 import functools
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import loess, yanhe_forcing
+from helpers import loess, run_on_cpu_devices, yanhe_forcing
 
 import regv1_jax as r
 from regv1_jax import _ensemble, _kernel
@@ -172,8 +169,4 @@ SHARDED = textwrap.dedent("""
 
 
 def test_sharded_over_four_cpu_devices_equals_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "SHARDED OK" in res.stdout, res.stderr[-3000:]
+    run_on_cpu_devices(SHARDED)

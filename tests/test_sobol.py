@@ -3,15 +3,13 @@ evaluator (chunks, resume, sharding) and the ``regv1 sobol`` command on a small 
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_on_cpu_devices
 
 import regv1_jax as r
 from regv1_jax.analysis import (
@@ -246,11 +244,7 @@ print("SHARDED OK")
 
 
 def test_sharded_evaluation_equals_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "SHARDED OK" in res.stdout, res.stderr[-3000:]
+    run_on_cpu_devices(SHARDED)
 
 
 def test_cli_sobol_writes_tables_and_rejects_bad_input(tmp_path):

@@ -31,6 +31,7 @@ from ._model import (
     drivers,
     equilibrium_theta,
     erosion_loss_rate,
+    field_capacity,
     rate_terms,
     relative_water,
     sediment,
@@ -82,7 +83,7 @@ def slaved_state(V, p: Params, d: Drivers):
     def sweep(_, C0):
         som = som_topsoil(C0, C1, p.rho_b)
         th = equilibrium_theta(V, som, p, d)
-        fc = p.theta_fc + p.eta1 * som / p.Z_r
+        fc = field_capacity(p, som)
         Q, _, _ = water_fluxes(th, V, fc, relative_water(th, fc, p.theta_wp), p, d)
         return inp * p.f_0 / (p.a2 + erosion_loss_rate(sediment(Q, V, p, d), p))
 
@@ -149,18 +150,29 @@ def _cover_grid(K_V, n: int, dtype):
     return K_V * u * u  # dense at low cover, where the saddle and the bare state sit
 
 
-def _bisect_cover(fun, lo, hi, n_iter: int):
-    f_lo = fun(lo)
+def _bisect_flip(key, lo, hi, n_iter: int):
+    """The point in [lo, hi] where ``key`` (a sign, or a boolean) changes from its value at
+    lo, by ``n_iter`` bisections (key(lo) != key(hi) assumed)."""
+    k_lo = key(lo)
 
     def body(_, b):
-        lo, hi, f_lo = b
+        lo, hi = b
         mid = 0.5 * (lo + hi)
-        f_mid = fun(mid)
-        same = jnp.sign(f_mid) == jnp.sign(f_lo)
-        return jnp.where(same, mid, lo), jnp.where(same, hi, mid), jnp.where(same, f_mid, f_lo)
+        same = key(mid) == k_lo
+        return jnp.where(same, mid, lo), jnp.where(same, hi, mid)
 
-    lo, hi, _ = jax.lax.fori_loop(0, n_iter, body, (lo, hi, f_lo))
+    lo, hi = jax.lax.fori_loop(0, n_iter, body, (lo, hi))
     return 0.5 * (lo + hi)
+
+
+def _per_capita_on_grid(p: Params, d: Drivers, layout: Layout, n_grid: int):
+    """``h(V)/V`` (its roots are the equilibria with V > 0), the cover grid and its values."""
+
+    def per_capita(V):
+        return _core_rates(_full_state(V, p, d, layout), p, d, layout)[0] / V
+
+    Vg = _cover_grid(p.K_V, n_grid, p.dtype)
+    return per_capita, Vg, jax.vmap(per_capita)(Vg)
 
 
 @eqx.filter_jit
@@ -186,17 +198,13 @@ def equilibria(
     layout = Layout(n_lag)
     d = climate.drivers(p)
     dtype = p.dtype
-    Vg = _cover_grid(p.K_V, n_grid, dtype)
-
-    def per_capita(V):  # h(V)/V: its roots are the equilibria with V > 0
-        return _core_rates(_full_state(V, p, d, layout), p, d, layout)[0] / V
-
-    r = jax.vmap(per_capita)(Vg)
+    per_capita, Vg, r = _per_capita_on_grid(p, d, layout, n_grid)
     change = jnp.sign(r[1:]) != jnp.sign(r[:-1])
     m_int = MAX_EQUILIBRIA - 1
     (idx,) = jnp.nonzero(change, size=m_int, fill_value=0)
     has = jnp.arange(m_int) < jnp.sum(change)
-    V_root = jax.vmap(lambda i: _bisect_cover(per_capita, Vg[i], Vg[i + 1], 60))(idx)
+    V_root = jax.vmap(lambda i: _bisect_flip(lambda V: jnp.sign(per_capita(V)), Vg[i],
+                                             Vg[i + 1], 60))(idx)
 
     # Newton polish of the full reduced system from each bracketed root.
     def polish(V):
@@ -275,25 +283,8 @@ def _grid_flags(p: Params, climate: Climate, n_grid: int, n_lag: int):
     """(stable vegetated state exists, bare soil stable) from the signs of h(V)/V on the
     cover grid alone: a stable root is a + to - change, bare soil is stable where the
     per-capita rate at the smallest cover is negative.  Cheap enough to bisect on."""
-    layout = Layout(n_lag)
-    d = climate.drivers(p)
-    Vg = _cover_grid(p.K_V, n_grid, p.dtype)
-    r = jax.vmap(lambda V: _core_rates(_full_state(V, p, d, layout), p, d, layout)[0] / V)(Vg)
+    _, _, r = _per_capita_on_grid(p, climate.drivers(p), Layout(n_lag), n_grid)
     return jnp.any((r[:-1] > 0) & (r[1:] <= 0)) | (r[-1] > 0), r[0] < 0
-
-
-def _bisect_rainfall(pred, lo, hi, n_iter: int = 24):
-    """Rainfall in [lo, hi] where the boolean ``pred`` flips (pred(lo) != pred(hi))."""
-    f_lo = pred(lo)
-
-    def body(_, b):
-        lo, hi = b
-        mid = 0.5 * (lo + hi)
-        same = pred(mid) == f_lo
-        return jnp.where(same, mid, lo), jnp.where(same, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, n_iter, body, (lo, hi))
-    return 0.5 * (lo + hi)
 
 
 @eqx.filter_jit
@@ -332,12 +323,12 @@ def bifurcation(
     has_v, lo_v, hi_v = first_flip(veg)
     P_veg = jnp.where(
         has_v,
-        _bisect_rainfall(lambda q: _grid_flags(p, climate(q), n_grid, n_lag)[0], lo_v, hi_v),
+        _bisect_flip(lambda q: _grid_flags(p, climate(q), n_grid, n_lag)[0], lo_v, hi_v, 24),
         jnp.where(veg[0], P[0], nan))
     has_b, lo_b, hi_b = first_flip(bare)
     P_bare = jnp.where(
         has_b,
-        _bisect_rainfall(lambda q: _grid_flags(p, climate(q), n_grid, n_lag)[1], lo_b, hi_b),
+        _bisect_flip(lambda q: _grid_flags(p, climate(q), n_grid, n_lag)[1], lo_b, hi_b, 24),
         nan)
     folds = jnp.stack([P_veg, P_bare])
     return Bifurcation(P, eqs, folds, P_veg, P_bare)

@@ -20,6 +20,7 @@ from ._params import Params
 
 __all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field",
            "initial_state", "year_drivers", "equilibrium_theta", "water_fluxes", "sediment",
+           "field_capacity",
            "som_layers", "som_topsoil", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
 
 # Layer thicknesses (m) of the three SOC layers 0-10, 10-20, 20-40 cm.
@@ -119,7 +120,12 @@ F_SMOOTH = 1e-3
 D_SMOOTH = 1e-2
 
 
-def softplus(F, xp=jnp, scale=F_SMOOTH):
+def field_capacity(p: Params, som_lag):
+    """Effective field capacity ``theta_fc + eta1 SOM_lag / Z_r`` (m^3 m^-3)."""
+    return p.theta_fc + p.eta1 * som_lag / p.Z_r
+
+
+def smooth_max0(F, xp=jnp, scale=F_SMOOTH):
     """Smooth ``max(F, 0)``: ``(F + sqrt(F^2 + scale^2)) / 2`` (one square root, no exp/log;
     within ``scale / 2`` of the kink, exact far from it)."""
     return 0.5 * (F + xp.sqrt(F * F + scale * scale))
@@ -170,7 +176,6 @@ def erosion_loss_rate(E, p: Params):
     return p.e_C * (T_HA_TO_KG_M2 * E) / (1000.0 * p.rho_b * LAYER_DEPTHS_M[0])
 
 
-
 def rates(y, p: Params, d: Drivers, layout: Layout, xp=jnp):
     """dy/dt of the flat state ``y`` (state on the leading axis) for fixed drivers ``d``.
 
@@ -198,16 +203,16 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
     s = [y[5 + n + k] for k in range(n)]
 
     som = som_topsoil(C0, C1, p.rho_b)
-    fc = p.theta_fc + p.eta1 * s[n - 1] / p.Z_r
+    fc = field_capacity(p, s[n - 1])
     w = relative_water(th, fc, p.theta_wp, xp)
 
     # Vegetation (docs/model.md, "Vegetation"): water-limited logistic growth plus the
     # threshold feedbacks, split into a growth bonus above the thresholds and a mortality
     # below them, plus drought mortality; stress acts at any cover, K_V included.
     F = p.lambda1 * (th - p.theta_star) + p.lambda2 * (som - p.SOM_star)
-    F_plus = softplus(F, xp)
+    F_plus = smooth_max0(F, xp)
     F_minus = F_plus - F
-    deficit = softplus((p.theta_star - th) / (p.theta_star - p.theta_wp), xp, D_SMOOTH)
+    deficit = smooth_max0((p.theta_star - th) / (p.theta_star - p.theta_wp), xp, D_SMOOTH)
     drought = xp.minimum(deficit, 1.0)
     growth = (p.r_V * w + F_plus) * (1.0 - V / p.K_V)
     dV = V * (growth - F_minus - p.m_D * drought) \
@@ -279,7 +284,7 @@ def equilibrium_theta(V, som_lag, p: Params, d: Drivers, xp=jnp):
     exceeds rainfall, so bisection finds its one root; under JAX one Newton step from the
     bisected value (held constant) carries the implicit-function gradient.
     """
-    fc = p.theta_fc + p.eta1 * som_lag / p.Z_r
+    fc = field_capacity(p, som_lag)
 
     def balance(th):
         w = relative_water(th, fc, p.theta_wp, xp)
@@ -308,7 +313,7 @@ def initial_state(p: Params, d: Drivers, layout: Layout, xp=jnp):
     """
     V0 = xp.asarray(p.V0)
     th0 = equilibrium_theta(V0, p.SOM0, p, d, xp)
-    fc = p.theta_fc + p.eta1 * p.SOM0 / p.Z_r
+    fc = field_capacity(p, p.SOM0)
     Q0, _, _ = water_fluxes(th0, V0, fc, relative_water(th0, fc, p.theta_wp, xp), p, d, xp)
     k_er = erosion_loss_rate(sediment(Q0, V0, p, d, xp), p)
     w0, w1, w2 = p.f_0 / (p.a2 + k_er), p.f_1 / (p.a2 * p.m_1), p.f_2 / (p.a2 * p.m_2)

@@ -142,7 +142,8 @@ def map_chunks(
 
     **Arguments:**
 
-    - `fn`: chunk inputs -> ``(values (c,), status (c,))`` (jitted by the caller).
+    - `fn`: chunk inputs -> ``(values (c, ...), status (c,))`` (jitted by the caller);
+      values may carry trailing axes (e.g. a bootstrap refit's columns), the same per chunk.
     - `make_chunk`: ``(lo, hi) -> inputs`` of items ``lo .. hi-1``.
     - `n`: number of items; `chunk`: items per call (the last chunk may be shorter).
     - `store`: where finished chunks go (None: memory only); `resume`: reuse its chunks.
@@ -150,20 +151,28 @@ def map_chunks(
 
     **Returns:**
 
-    :class:`Evaluation` with ``values`` (float64) and ``status`` (int32) of length ``n``.
+    :class:`Evaluation` with ``values`` (float64, ``(n, ...)``) and ``status`` (int32,
+    ``(n,)``).
     """
     if n < 1 or chunk < 1:
         raise ValueError(f"need n >= 1 and chunk >= 1, got n={n}, chunk={chunk}")
     say = (progress if callable(progress) else
            (lambda s: print(s, end="", file=sys.stderr, flush=True)) if progress else None)
     n_chunks = -(-n // chunk)
-    values = np.full(n, np.nan)
+    values = None  # allocated from the first chunk's trailing shape
     status = np.full(n, -1, np.int32)
+
+    def put(lo, hi, v, s):
+        nonlocal values
+        if values is None:
+            values = np.full((n,) + v.shape[1:], np.nan)
+        values[lo:hi], status[lo:hi] = v, s
+
     done = store.open(resume) if store is not None else set()
     resumed = 0
     for i in sorted(done):
         lo, hi = i * chunk, min(n, (i + 1) * chunk)
-        values[lo:hi], status[lo:hi] = store.load(i)
+        put(lo, hi, *store.load(i))
         resumed += 1
     t0 = time.perf_counter()
     run_items = 0
@@ -173,7 +182,7 @@ def map_chunks(
         lo, hi = i * chunk, min(n, (i + 1) * chunk)
         v, s = fn(make_chunk(lo, hi))
         v, s = np.asarray(v, np.float64), np.asarray(s, np.int32)
-        values[lo:hi], status[lo:hi] = v, s
+        put(lo, hi, v, s)
         run_items += hi - lo
         if store is not None:
             store.save(i, v, s, done)

@@ -94,12 +94,18 @@ def flag_words(entry: dict) -> str:
     return ", ".join(out)
 
 
-def params_json(cal: SiteCalibration) -> dict:
+def params_json(cal: SiteCalibration, boot=None) -> dict:
     """Calibrated parameters in the seed's schema (value, units, CI_95, source), with the
     flags of the local analysis: ``at_bound`` (None, "lower", "upper"; the CI_95 is then
     one-sided), ``not_identified`` (by the data), ``prior_dominated`` (posterior/prior sd >
     0.8), ``outside_prior_CI_95``.  ``source`` is "prior" for every parameter that no stage
-    fitted (its stage skipped, or held for lack of data sensitivity)."""
+    fitted (its stage skipped, or held for lack of data sensitivity).
+
+    With a block bootstrap (``boot``, :class:`BootstrapResult`) ``CI_95`` of every
+    bootstrapped parameter is the bootstrap BCa interval (the percentile one where BCa is
+    undefined), ``CI_method`` says which, the local interval stays as ``CI_95_local`` and
+    both bootstrap intervals are given (``CI_95_bootstrap_BCa``,
+    ``CI_95_bootstrap_percentile``)."""
     fitted = set()
     for r in cal.stages:
         if r.skipped is None:
@@ -122,7 +128,7 @@ def params_json(cal: SiteCalibration) -> dict:
                      "outside_prior_CI_95": d["outside_prior_CI_95"], **common,
                      "note": "CI_95 from the local Gauss-Newton approximation at the optimum "
                      "(data rows scaled by max(1, chi2/dof), plus the prior's information); "
-                     "a bootstrap interval is issue 11"}
+                     "`regv1 calibrate --uncertainty` adds the block-bootstrap interval"}
             flags = flag_words(entry)
             if flags:
                 entry["flags"] = flags
@@ -141,31 +147,60 @@ def params_json(cal: SiteCalibration) -> dict:
             if name in ("V0", "SOM0") and f"{name} = " in cal.initial_state_note:
                 entry.update(source="data (first observed year)",
                              note=cal.initial_state_note)
+        if boot is not None and name in boot.intervals and entry["source"] == "calibrated":
+            _bootstrap_entry(entry, boot, name)
         block[name] = entry
-    return {cal.region: block, "_meta": {"site": cal.site, "dtype": cal.dtype,
-                                         "data": cal.observations.source_file}}
+    meta = {"site": cal.site, "dtype": cal.dtype, "data": cal.observations.source_file}
+    if boot is not None:
+        meta["bootstrap"] = bootstrap_settings(boot)
+    return {cal.region: block, "_meta": meta}
 
 
-def fit_table(cal: SiteCalibration) -> pd.DataFrame:
+def _bootstrap_entry(entry: dict, boot, name: str) -> None:
+    iv = boot.intervals[name]
+    bca, pct = iv["BCa"], iv["percentile"]
+    use_bca = all(math.isfinite(x) for x in bca)
+    local = entry["CI_95"]
+    entry.update(
+        CI_95=list(bca if use_bca else pct), CI_95_local=local,
+        CI_kind_local=entry.pop("CI_kind", None),
+        CI_method=(f"block bootstrap ({boot.scheme} blocks of {boot.block_length} years, "
+                   f"{iv['n_used']} of {boot.B} replicates used), "
+                   + ("BCa" if use_bca else "percentile (BCa undefined)")),
+        CI_95_bootstrap_BCa=bca, CI_95_bootstrap_percentile=pct,
+        note="CI_95: block bootstrap (staged refits on resampled years); CI_95_local: the "
+        "local Gauss-Newton interval at the optimum")
+
+
+def fit_table(cal: SiteCalibration, boot=None) -> pd.DataFrame:
+    """One row per year and variable: observed, simulated, split; with a bootstrap the
+    2.5 / 97.5 % quantiles of the simulated series over the used replicates
+    (``boot_lo_2.5``, ``boot_hi_97.5``)."""
     rows = []
     obs, sim = cal.observations, cal.sim
     years = np.asarray(sim.years)
     hold = cal.holdout_years
-    for var in TARGET_VARIABLES:
+    band = boot.band() if boot is not None else None
+    for k, var in enumerate(TARGET_VARIABLES):
         s = np.asarray(simulated(sim, var))
         for i, y in enumerate(years):
             j = np.flatnonzero(obs.years == y)
             o = obs.values[var][j[0]] if j.size and obs.masks[var][j[0]] else np.nan
             split = "holdout" if hold and hold[0] <= y <= hold[1] else "training"
-            rows.append({"year": int(y), "variable": var, "observed": o, "simulated": s[i],
-                         "split": split})
+            row = {"year": int(y), "variable": var, "observed": o, "simulated": s[i],
+                   "split": split}
+            if band is not None:
+                row.update({"boot_lo_2.5": band[0][k, i], "boot_hi_97.5": band[1][k, i]})
+            rows.append(row)
     df = pd.DataFrame(rows)
     observed_vars = df.groupby("variable")["observed"].apply(lambda c: c.notna().any())
     keep = [v for v in TARGET_VARIABLES if observed_vars.get(v, False)] + ["runoff_mm"]
     return df[df["variable"].isin(keep)].reset_index(drop=True)
 
 
-def _fit_figure(cal: SiteCalibration, path: Path):
+def _fit_figure(cal: SiteCalibration, path: Path, boot=None):
+    """Observed vs calibrated per variable (prior dashed, holdout shaded); with a bootstrap
+    the 95% band of the simulated series over the used replicates."""
     from ._plots import _figure
 
     obs, sim = cal.observations, cal.sim
@@ -177,7 +212,13 @@ def _fit_figure(cal: SiteCalibration, path: Path):
     plt, fig, axes = _figure(len(panels))
     hold = cal.holdout_years
     prior_sim = cal.prior_sim
+    band = boot.band() if boot is not None else None
     for ax, var in zip(axes, panels):
+        if band is not None:
+            k = TARGET_VARIABLES.index(var) if var in TARGET_VARIABLES else None
+            if k is not None:
+                ax.fill_between(years, band[0][k], band[1][k], color="C0", alpha=0.25,
+                                lw=0, label="bootstrap 95%")
         ax.plot(years, np.asarray(simulated(sim, var)), color="C0", lw=2, label="calibrated")
         if prior_sim is not None:
             ax.plot(years, np.asarray(simulated(prior_sim, var)), color="C0", lw=1, ls="--",
@@ -194,7 +235,9 @@ def _fit_figure(cal: SiteCalibration, path: Path):
     for ax in axes[len(panels):]:
         ax.axis("off")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{cal.site}: observed vs calibrated (holdout shaded)", fontsize=10)
+    what = "" if boot is None else (f"; block bootstrap 95% band, {int(boot.used.sum())} of "
+                                    f"{boot.B} refits")
+    fig.suptitle(f"{cal.site}: observed vs calibrated (holdout shaded{what})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -256,7 +299,7 @@ def _table(header, rows) -> str:
     return "\n".join(out)
 
 
-def report_markdown(cal: SiteCalibration, files: dict) -> str:
+def report_markdown(cal: SiteCalibration, files: dict, boot=None) -> str:
     src = Path(cal.observations.source_file).name
     lines = [f"# Calibration report: {cal.site} ({cal.region})", ""]
     if src in SCAFFOLD_FILES:
@@ -299,7 +342,7 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
                       "best start", "note"], rows), "",
               "Status: " + "; ".join(f"`{k}` {v}" for k, v in STAGE_STATUS.items()) + ".", ""]
     lines += ["## Parameters", ""]
-    pj = params_json(cal)[cal.region]
+    pj = params_json(cal, boot)[cal.region]
     rows = []
     for name in PARAM_NAMES:
         e = pj[name]
@@ -402,21 +445,29 @@ def report_markdown(cal: SiteCalibration, files: dict) -> str:
                           "posterior sd / prior sd"], rows), "",
                   "VIF > 10 marks a parameter whose sensitivity is nearly a combination of "
                   "others' (poorly identifiable from these data).", ""]
+    if boot is not None:
+        lines += bootstrap_markdown(cal, boot, "bootstrap_bands.png")
     lines += ["## Stage log", ""] + [f"- {describe(r)}" for r in cal.stages] + [""]
     lines += [f"_regv1_jax, Python {platform.python_version()}, {platform.machine()}_", ""]
     return "\n".join(lines)
 
 
-def write_outputs(cal: SiteCalibration, out: str | Path) -> dict:
-    """Write every output into ``out``; returns {kind: path}."""
+def write_outputs(cal: SiteCalibration, out: str | Path, bootstrap=None) -> dict:
+    """Write every output into ``out``; returns {kind: path}.  With ``bootstrap`` (a
+    :class:`BootstrapResult`) also the ``regv1 bootstrap`` files, bootstrap CI_95 in
+    params.json, bands in fit.csv and fit.png, and a report section."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"params": out / "params.json", "fit": out / "fit.csv",
              "metrics": out / "metrics.json", "fit_png": "fit.png",
              "corr_png": "correlation.png", "md": out / "report.md",
              "html": out / "report.html"}
-    (out / "params.json").write_text(json.dumps(_num(params_json(cal)), indent=2))
-    fit_table(cal).to_csv(out / "fit.csv", index=False, float_format="%.6g")
+    boot = bootstrap
+    if boot is not None:
+        for f in write_bootstrap(cal, boot, out):
+            files["boot:" + f] = out / f
+    (out / "params.json").write_text(json.dumps(_num(params_json(cal, boot)), indent=2))
+    fit_table(cal, boot).to_csv(out / "fit.csv", index=False, float_format="%.6g")
     metrics = {
         "site": cal.site, "region": cal.region, "dtype": cal.dtype,
         "method": cal.config.method, "optimizer": cal.config.optimizer,
@@ -430,17 +481,141 @@ def write_outputs(cal: SiteCalibration, out: str | Path) -> dict:
         "parameter_flags": {n: {k: e.get(k) for k in ("at_bound", "not_identified",
                                                       "prior_dominated", "outside_prior_CI_95",
                                                       "source", "CI_95")}
-                            for n, e in params_json(cal)[cal.region].items()
+                            for n, e in params_json(cal, boot)[cal.region].items()
                             if e["source"] == "calibrated"},
     }
+    if boot is not None:
+        metrics["bootstrap"] = bootstrap_summary(cal, boot)
     (out / "metrics.json").write_text(json.dumps(_num(metrics), indent=2))
-    _fit_figure(cal, out / "fit.png")
+    _fit_figure(cal, out / "fit.png", boot)
     if cal.identifiability:
         _corr_figure(cal, out / "correlation.png")
-    md = report_markdown(cal, files)
+    md = report_markdown(cal, files, boot)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(report_html(md, out, title=f"regv1 calibration: {cal.site}"))
     return {k: (out / v if isinstance(v, str) else v) for k, v in files.items()}
+
+
+# --- block bootstrap (regv1 bootstrap, calibrate --uncertainty) ------------------------------
+def _units(cal: SiteCalibration, name: str) -> str:
+    from .analysis._bootstrap import DERIVED
+
+    return DERIVED[name][0] if name in DERIVED else cal.space.spec(name).units
+
+
+def bootstrap_settings(boot) -> dict:
+    """How the bootstrap ran (params.json ``_meta.bootstrap`` and bootstrap.json)."""
+    from .analysis._bootstrap import REPLICATE_STATUS
+
+    return {
+        "B": boot.B, "scheme": boot.scheme, "block_length_years": boot.block_length,
+        "block_length_rule": boot.block_rule, "seed": boot.seed, "level": 0.95,
+        "training_years_resampled": [int(y) for y in boot.train_years],
+        "replicates_used": int(boot.used.sum()),
+        "replicates_excluded": int(boot.B - boot.used.sum()),
+        "status_counts": {str(k): v for k, v in boot.status_counts.items()},
+        "status_meaning": {str(k): v for k, v in REPLICATE_STATUS.items()},
+        "not_converged_excluded": boot.exclude_not_converged,
+        "jackknife_refits": int(boot.jackknife.shape[0]),
+        "jackknife_used": int(np.sum(boot.jackknife_status == 0)),
+        "point_refit_stage_codes": boot.point_refit_codes,
+        "refit": "fit_staged: every stage of the config, one start (the point estimate), "
+                 "per-cell weights = the year's count in the resample",
+        "intervals": "percentile: 2.5/97.5% quantiles of the used replicates; BCa: Efron "
+                     "(1987), z0 from the replicates, acceleration from the delete-one-block "
+                     "jackknife",
+        "seconds": round(boot.seconds, 3), "chunks_resumed": boot.chunks_resumed,
+    }
+
+
+def bootstrap_summary(cal: SiteCalibration, boot) -> dict:
+    """bootstrap.json: settings and, per quantity, the point value and the intervals."""
+    from .analysis._bootstrap import DERIVED
+
+    local = (cal.identifiability or {}).get("CI_95", {})
+    out = {"site": cal.site, "region": cal.region, **bootstrap_settings(boot),
+           "intervals": {}}
+    for n in boot.names + boot.derived:
+        iv = boot.intervals[n]
+        out["intervals"][n] = {
+            "kind": "derived" if n in DERIVED else "parameter", "units": _units(cal, n),
+            "point": boot.point[n], "percentile": iv["percentile"], "BCa": iv["BCa"],
+            "z0": iv["z0"], "acceleration": iv["acceleration"], "sd": iv["sd"],
+            "n_used": iv["n_used"], "CI_95_local": list(local[n]) if n in local else None,
+            "description": DERIVED[n][1] if n in DERIVED else None}
+    return _num(out)
+
+
+def bootstrap_tables(cal: SiteCalibration, boot):
+    """bootstrap_params.csv, bootstrap_replicates.csv and bootstrap_bands.csv frames."""
+    qs = boot.names + boot.derived
+    iv = boot.intervals
+    params = pd.DataFrame({
+        "quantity": qs, "units": [_units(cal, n) for n in qs],
+        "point": [boot.point[n] for n in qs],
+        "percentile_lo": [iv[n]["percentile"][0] for n in qs],
+        "percentile_hi": [iv[n]["percentile"][1] for n in qs],
+        "BCa_lo": [iv[n]["BCa"][0] for n in qs], "BCa_hi": [iv[n]["BCa"][1] for n in qs],
+        "sd": [iv[n]["sd"] for n in qs], "z0": [iv[n]["z0"] for n in qs],
+        "acceleration": [iv[n]["acceleration"] for n in qs],
+        "n_used": [iv[n]["n_used"] for n in qs]})
+    reps = pd.DataFrame(boot.replicates, columns=qs)
+    reps.insert(0, "status", boot.status)
+    reps.insert(0, "replicate", np.arange(boot.B))
+    lo, hi = boot.band()
+    bands = pd.DataFrame([
+        {"year": int(y), "variable": v, "simulated_point": boot.point_series[k, i],
+         "lo_2.5": lo[k, i], "hi_97.5": hi[k, i]}
+        for k, v in enumerate(TARGET_VARIABLES) for i, y in enumerate(boot.years)])
+    return params, reps, bands
+
+
+def write_bootstrap(cal: SiteCalibration, boot, folder: Path) -> list[str]:
+    """bootstrap.json, bootstrap_params.csv, bootstrap_replicates.csv, bootstrap_bands.csv
+    and bootstrap_bands.png into ``folder``; returns the file names."""
+    folder = Path(folder)
+    params, reps, bands = bootstrap_tables(cal, boot)
+    params.to_csv(folder / "bootstrap_params.csv", index=False, float_format="%.6g")
+    reps.to_csv(folder / "bootstrap_replicates.csv", index=False, float_format="%.8g")
+    bands.to_csv(folder / "bootstrap_bands.csv", index=False, float_format="%.6g")
+    (folder / "bootstrap.json").write_text(json.dumps(bootstrap_summary(cal, boot), indent=2))
+    _fit_figure(cal, folder / "bootstrap_bands.png", boot)
+    return ["bootstrap.json", "bootstrap_params.csv", "bootstrap_replicates.csv",
+            "bootstrap_bands.csv", "bootstrap_bands.png"]
+
+
+def bootstrap_markdown(cal: SiteCalibration, boot, png: str) -> list[str]:
+    """The report's "Bootstrap uncertainty" section."""
+    st = bootstrap_settings(boot)
+    local = (cal.identifiability or {}).get("CI_95", {})
+    rows = []
+    for n in boot.names + boot.derived:
+        iv = boot.intervals[n]
+        loc = local.get(n)
+        rows.append([n, _units(cal, n), boot.point[n],
+                     f"[{_fmt(iv['BCa'][0])}, {_fmt(iv['BCa'][1])}]",
+                     f"[{_fmt(iv['percentile'][0])}, {_fmt(iv['percentile'][1])}]",
+                     f"[{_fmt(loc[0])}, {_fmt(loc[1])}]" if loc else "–", iv["sd"]])
+    counts = ", ".join(f"{v} × status {k}" for k, v in st["status_counts"].items())
+    return [
+        "## Bootstrap uncertainty", "",
+        f"Block bootstrap over the {len(st['training_years_resampled'])} training years with "
+        f"data: B = {boot.B} replicates, {boot.scheme} blocks of {boot.block_length} years "
+        f"({boot.block_rule.get('rule', '')}), seed {boot.seed}. Each replicate is a full "
+        "staged refit (every stage of the config, warm-started from the point estimate) "
+        "with each year's cells weighted by its count in the resample; all refits batched "
+        f"(vmap). Replicates used: {st['replicates_used']} of {boot.B} ({counts}; status "
+        "0 is used, every other status is excluded from the intervals, never averaged in: "
+        + "; ".join(f"{k} {v}" for k, v in st["status_meaning"].items()) + "). BCa "
+        f"acceleration from {st['jackknife_refits']} delete-one-block jackknife refits "
+        f"({st['jackknife_used']} used).", "",
+        _table(["quantity", "units", "point", "BCa 95%", "percentile 95%", "local CI_95",
+                "bootstrap sd"], rows), "",
+        "params.json `CI_95` is the bootstrap BCa interval (`CI_95_local` the local one). "
+        "Derived quantities use the fit's solver on the replicate's parameters; multiply "
+        "runoff decrease by the regional area and SOC sequestration by the GTGP area for "
+        "regional totals.", "",
+        f"![bootstrap bands]({png})", ""]
 
 
 REPORT_CSS = """

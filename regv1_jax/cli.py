@@ -26,6 +26,13 @@ from pathlib import Path
 import click
 
 from ._checks import observation_warnings, params_file_warnings, year_range_warnings
+from ._cli_bootstrap import (
+    bootstrap,
+    bootstrap_options,
+    check_bootstrap_options,
+    finish_site_bootstrap,
+    run_site_bootstrap,
+)
 from ._data import DataError
 from ._outputs import (
     OutputError,
@@ -426,15 +433,67 @@ def _config_help() -> str:
               default=None, help="Catchment area (km2) converting runoff_m3 (m3/yr) and "
               "sediment_t (t/yr) columns to mm/yr and t/ha/yr (default: the site registry's "
               "area_km2).")
+@click.option("--uncertainty", is_flag=True,
+              help="After the point fit, a block bootstrap over years (staged refits, "
+              "batched): bootstrap CI_95 in params.json, bands in fit.csv, a report "
+              "section and the `regv1 bootstrap` files (see --B, --block-length, --scheme).")
+@bootstrap_options
 def calibrate(site, data, region, out, force, config_file, start, end, n_starts, method,
-              dtype, seed, no_cache, dry_run, holdout, forcing_file, area_km2):
+              dtype, seed, no_cache, dry_run, holdout, forcing_file, area_km2, uncertainty,
+              **boot):
     """Staged calibration of a site; writes params.json, fit.csv, metrics.json, figures,
     report.md / report.html and manifest.json into OUT (all at once, when the run ends)."""
-    import dataclasses
     import time
 
     check_years(start, end, min_years=2)
+    check_bootstrap_options(boot)
     out_path = prepare_out_dir(out, force)
+    cfg, s, space, obs, ftable, y0, y1 = calibration_inputs(
+        site, data, region, config_file, start, end, n_starts, method, seed, holdout,
+        forcing_file, area_km2)
+    if dry_run:
+        click.echo("inputs ok (dry run): nothing computed, nothing written")
+        return
+    from ._fit import calibrate_site
+    from ._report import write_outputs
+    from ._sites import site_forcing
+
+    t0 = time.time()
+    with compute_context(dtype, no_cache) as jdtype, cli_errors():
+        prior = space.prior_values(jdtype)
+        forcing = site_forcing(s, y0, y1, forcing_table=ftable)
+        click.echo(f"calibrating {s.name} ({s.region}) on {s.data_file}, {y0}-{y1}, "
+                   f"{cfg.method}/{dtype}, {cfg.n_starts} start(s) per stage")
+        click.echo("  (the first stage includes compilation unless it is cached)")
+        cal = calibrate_site(space, prior, forcing, obs, cfg, planting_start=s.planting_start,
+                             progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
+        boot_res = (run_site_bootstrap(cal, out_path, boot, t0, s.planting_start)
+                    if uncertainty else None)
+    from ._paths import data_path
+
+    inputs = {"data": s.data_file, "config": config_file, "forcing": forcing_file}
+    with contextlib.suppress(FileNotFoundError):
+        inputs.update(priors_seed=data_path("priors_seed.json"),
+                      priors_extra=data_path("priors_extra.json"),
+                      bounds_seed=data_path("bounds_seed.json"))
+    doc = command_manifest(inputs, dtype=dtype, site=s.name, region=s.region,
+                           optimizer=cfg.optimizer, n_starts=cfg.n_starts, seed=cfg.seed)
+    with out_dir_writer(out_path, doc) as tmp:
+        files = write_outputs(cal, tmp, bootstrap=boot_res)
+    finish_site_bootstrap(out_path)
+    click.echo(f"[{time.time() - t0:6.1f}s] wrote {out_path}/: "
+               + ", ".join(sorted(Path(f).name for f in files.values())) + ", manifest.json")
+    for k, v in cal.criteria.items():
+        res = v.get("pass")
+        click.echo(f"  {k}: {'n/a' if res is None else ('pass' if res else 'FAIL')}")
+
+
+def calibration_inputs(site, data, region, config_file, start, end, n_starts, method, seed,
+                       holdout, forcing_file, area_km2):
+    """The checked inputs of a calibration (``calibrate``, ``bootstrap``): config, site,
+    parameter space, observations, forcing table and years; year-range warnings printed."""
+    import dataclasses
+
     with cli_errors():
         from ._calibrate import CalibrationConfig, load_config
 
@@ -465,38 +524,7 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
                             f"{int(obs.years.max())}); nothing to calibrate")
     for w in year_range_warnings(y0, y1, obs.years, s.data_file):
         warn(w)
-    if dry_run:
-        click.echo("inputs ok (dry run): nothing computed, nothing written")
-        return
-    from ._fit import calibrate_site
-    from ._report import write_outputs
-    from ._sites import site_forcing
-
-    t0 = time.time()
-    with compute_context(dtype, no_cache) as jdtype, cli_errors():
-        prior = space.prior_values(jdtype)
-        forcing = site_forcing(s, y0, y1, forcing_table=ftable)
-        click.echo(f"calibrating {s.name} ({s.region}) on {s.data_file}, {y0}-{y1}, "
-                   f"{cfg.method}/{dtype}, {cfg.n_starts} start(s) per stage")
-        click.echo("  (the first stage includes compilation unless it is cached)")
-        cal = calibrate_site(space, prior, forcing, obs, cfg, planting_start=s.planting_start,
-                             progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
-    from ._paths import data_path
-
-    inputs = {"data": s.data_file, "config": config_file, "forcing": forcing_file}
-    with contextlib.suppress(FileNotFoundError):
-        inputs.update(priors_seed=data_path("priors_seed.json"),
-                      priors_extra=data_path("priors_extra.json"),
-                      bounds_seed=data_path("bounds_seed.json"))
-    doc = command_manifest(inputs, dtype=dtype, site=s.name, region=s.region,
-                           optimizer=cfg.optimizer, n_starts=cfg.n_starts, seed=cfg.seed)
-    with out_dir_writer(out_path, doc) as tmp:
-        files = write_outputs(cal, tmp)
-    click.echo(f"[{time.time() - t0:6.1f}s] wrote {out_path}/: "
-               + ", ".join(sorted(Path(f).name for f in files.values())) + ", manifest.json")
-    for k, v in cal.criteria.items():
-        res = v.get("pass")
-        click.echo(f"  {k}: {'n/a' if res is None else ('pass' if res else 'FAIL')}")
+    return cfg, s, space, obs, ftable, y0, y1
 
 
 def _branch_index(V, stable, valid):
@@ -766,6 +794,9 @@ def sobol(region, site, qoi, params_subset, n_base, second_order, dgsm_n, seed, 
                f"({study.failed_blocks} blocks dropped); wrote {out_path}/: "
                + ", ".join(files) + ", manifest.json")
     click.echo("  largest ST: " + ", ".join(f"{n} {v:.3f}" for v, n in top))
+
+bootstrap.epilog = CACHE_HELP
+main.add_command(bootstrap)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from regv1_jax._staged import CODES
 from regv1_jax.analysis import map_chunks
 from regv1_jax.analysis._bootstrap import (
     bca_interval,
@@ -25,7 +26,6 @@ from regv1_jax.analysis._bootstrap import (
     stationary_indices,
     year_weights,
 )
-from regv1_jax._staged import CODES
 
 jax.config.update("jax_enable_x64", True)
 
@@ -258,6 +258,23 @@ def test_cli_bootstrap_end_to_end(tmp_path):
     doc = json.loads((out / "bootstrap.json").read_text())
     assert doc["B"] == 24 and "r_V" in doc["intervals"]
     assert (out / "bootstrap_params.csv").exists() and (out / "bootstrap_bands.png").exists()
+    # The main job with --uncertainty: bootstrap CI_95 beside the local one, bands, report.
+    out2 = tmp_path / "cal"
+    res = CliRunner().invoke(main, ["calibrate", "--site", "bs-synthetic", "--data", str(path),
+                                    "--region", "LoessPlateau", "--config", str(conf),
+                                    "--out", str(out2), "--uncertainty", "--B", "24",
+                                    "--block-length", "2", "--chunk", "32"])
+    assert res.exit_code == 0, res.output
+    pj = json.loads((out2 / "params.json").read_text())["LoessPlateau"]["r_V"]
+    assert "CI_95_local" in pj and "bootstrap" in pj["CI_method"]
+    assert pj["CI_95"] == pj["CI_95_bootstrap_BCa"] or pj["CI_95"] == pj[
+        "CI_95_bootstrap_percentile"]
+    fit = (out2 / "fit.csv").read_text().splitlines()[0]
+    assert "boot_lo_2.5" in fit and "boot_hi_97.5" in fit
+    html = (out2 / "report.html").read_text()
+    assert "Bootstrap uncertainty" in html and "data:image/png;base64" in html
+    assert (out2 / "bootstrap.json").exists()
+    assert not (tmp_path / "cal.bootstrap_chunks").exists()
     bad = CliRunner().invoke(main, ["bootstrap", "--site", "bs-synthetic", "--data",
                                     str(path), "--region", "LoessPlateau", "--out",
                                     str(tmp_path / "o2"), "--block-length", "zero"])

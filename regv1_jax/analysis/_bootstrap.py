@@ -38,6 +38,7 @@ import math
 import time
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,23 +239,27 @@ DERIVED = {
 }
 
 
-def derived_fn(forcing: Forcing, cfg: CalibrationConfig, planting_start: int | None):
+def _uses_planting(forcing: Forcing, planting_start) -> bool:
+    years = np.asarray(forcing.years)
+    return planting_start is not None and years[0] < planting_start and \
+        planting_start + 3 <= years[-1]
+
+
+def derived_fn(forcing: Forcing, solver: tuple, planting_start: int | None):
     """``params -> (derived (k,), series (n_vars * n_years,))``: the quantities of
     ``DERIVED`` (none without a planting start inside the run) and every target
-    variable's simulated series, from solves with the fit's solver settings."""
-    years = np.asarray(forcing.years)
-    use = planting_start is not None and years[0] < planting_start and \
-        planting_start + 3 <= years[-1]
-    off = no_planting(forcing)
-    kw = dict(method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
-              steps_per_year=cfg.steps_per_year)
+    variable's simulated series, from solves with ``solver = (method, rtol, atol,
+    steps_per_year)`` (the fit's)."""
+    use = _uses_planting(forcing, planting_start)
+    method, rtol, atol, spy = solver
+    kw = dict(method=method, rtol=rtol, atol=atol, steps_per_year=spy)
 
     def fn(p: Params):
         sim = simulate(p, forcing, **kw)
         series = jnp.concatenate([simulated(sim, v) for v in TARGET_VARIABLES])
         if not use:
             return jnp.zeros((0,), series.dtype), series
-        s_off = simulate(p, off, **kw)
+        s_off = simulate(p, no_planting(forcing), **kw)
         ps = planting_start
         rd = _masked_mean(sim.runoff, sim.years < ps) - _masked_mean(sim.runoff,
                                                                        sim.years >= ps + 3)
@@ -264,45 +269,69 @@ def derived_fn(forcing: Forcing, cfg: CalibrationConfig, planting_start: int | N
     return fn, (list(DERIVED) if use else [])
 
 
+def _solver(cfg: CalibrationConfig) -> tuple:
+    return (cfg.method, cfg.rtol, cfg.atol, cfg.steps_per_year)
+
+
+@eqx.filter_jit
+def _refit_batch(W, base, problem, forcing, targets, prior_w, space, settings, static):
+    """The batched refits (one compiled function per shape and ``static``; a second study
+    with the same settings reuses it)."""
+    names, gtol, ftol, solver, planting_start, devices = static
+    der, _ = derived_fn(forcing, solver, planting_start)
+
+    def local(W, base, problem, forcing, targets, prior_w):
+        def one(w):
+            res = fit_staged(base, problem, forcing, targets, w, prior_w, space, settings,
+                             gtol, ftol)
+            vals = jnp.stack([getattr(res.params, n) for n in names])
+            d, series = der(res.params)
+            c = res.status
+            finite = jnp.all(jnp.isfinite(vals)) & jnp.all(jnp.isfinite(d)) & \
+                jnp.all(jnp.isfinite(series))
+            st = jnp.where(jnp.any(c == CODES["failed"]), 4, jnp.where(~finite, 5, jnp.where(
+                jnp.any(c == CODES["not_converged"]), 1, 0)))
+            return (jnp.concatenate([vals, c.astype(vals.dtype), d, series]),
+                    st.astype(jnp.int32))
+
+        return jax.vmap(one)(W)
+
+    if devices is not None:
+        from jax.sharding import Mesh, PartitionSpec
+
+        mesh = Mesh(np.asarray(devices), ("batch",))
+        rep, bat = PartitionSpec(), PartitionSpec("batch")
+        local = jax.shard_map(local, mesh=mesh, in_specs=(bat, rep, rep, rep, rep, rep),
+                              out_specs=(bat, bat), check_vma=False)
+    return local(W, base, problem, forcing, targets, prior_w)
+
+
 def refit_fn(space: ParamSpace, base: Params, forcing: Forcing, targets: Targets,
              cfg: CalibrationConfig, names, planting_start=None, devices=None):
-    """``cell_w (c, cells) -> (values (c, k), status (c,))``, jitted: a staged refit per
-    row (``fit_staged`` from ``base``, one start), then ``names``' values, the stage codes,
-    the derived quantities and the simulated series (columns: ``columns``, returned
-    second).  With several ``devices`` the rows are split over them (``shard_map``; the
-    caller pads ``c`` to a multiple of their number).  Status here: 4 failed, 5 non-finite,
-    1 not converged, 0 ok; status 3 (a stage skipped that ran in the point fit) needs the
-    point refit's codes and is set by :func:`replicate_status`."""
+    """``cell_w (c, cells) -> (values (c, k), status (c,))``: a staged refit per row
+    (``fit_staged`` from ``base``, one start), then ``names``' values, the stage codes, the
+    derived quantities and the simulated series (column names returned second).  With
+    several ``devices`` the rows are split over them (``shard_map``; ``c`` must be a
+    multiple of their number).  Status here: 4 failed, 5 non-finite, 1 not converged, 0
+    ok; status 3 (a stage skipped that ran in the point fit) needs the point refit's
+    codes and is set by :func:`replicate_status`."""
     problem = staged_problem(space, cfg.stages, 1, jax.random.PRNGKey(cfg.seed),
                              dtype=base.dtype)
     settings = settings_of(cfg)
     prior_w = jnp.asarray(cfg.prior_weight, base.dtype)
-    der, der_names = derived_fn(forcing, cfg, planting_start)
-
-    def one(w):
-        res = fit_staged(base, problem, forcing, targets, w, prior_w, space, settings,
-                         cfg.gtol, cfg.ftol)
-        vals = jnp.stack([getattr(res.params, n) for n in names])
-        d, series = der(res.params)
-        c = res.status
-        finite = jnp.all(jnp.isfinite(vals)) & jnp.all(jnp.isfinite(d)) & \
-            jnp.all(jnp.isfinite(series))
-        st = jnp.where(jnp.any(c == CODES["failed"]), 4, jnp.where(~finite, 5, jnp.where(
-            jnp.any(c == CODES["not_converged"]), 1, 0)))
-        return jnp.concatenate([vals, c.astype(vals.dtype), d, series]), st.astype(jnp.int32)
-
-    batched = jax.vmap(one)
     devices = tuple(devices or ())
-    if len(devices) > 1:
-        from jax.sharding import Mesh, PartitionSpec
-
-        mesh = Mesh(np.asarray(devices), ("batch",))
-        batched = jax.shard_map(batched, mesh=mesh, in_specs=PartitionSpec("batch"),
-                                out_specs=(PartitionSpec("batch"), PartitionSpec("batch")),
-                                check_vma=False)
+    ps = planting_start if _uses_planting(forcing, planting_start) else None
+    static = (tuple(names), cfg.gtol, cfg.ftol, _solver(cfg), ps,
+              devices if len(devices) > 1 else None)
+    der_names = list(DERIVED) if ps is not None else []
     columns = (list(names) + [f"status:{s.name}" for s in cfg.stages] + der_names
                + [f"series:{v}:{int(y)}" for v in TARGET_VARIABLES for y in forcing.years])
-    return jax.jit(batched), columns
+
+    def fn(W):
+        return _refit_batch(W, base, problem, forcing, targets, prior_w, space, settings,
+                            static)
+
+    return fn, columns
 
 
 # --- the study -------------------------------------------------------------------------------
@@ -482,7 +511,6 @@ def bootstrap_study(
         rule = {"rule": "given", "raw": float(L)}
     counts = np.asarray(resample_counts(jax.random.PRNGKey(seed), n, B, L, scheme))
     jack = jackknife_counts(n, L)
-    J = jack.shape[0]
     all_counts = np.concatenate([np.ones((1, n), np.int32), counts, jack])
     W = np.asarray(year_weights(all_counts, train_idx, ny))
     devices = tuple(jax.devices() if devices is None else devices)
@@ -494,7 +522,7 @@ def bootstrap_study(
     # Row 0: the point refit (all weights 1): its stage codes judge the replicates'.
     fn, _ = refit_fn(space, params, forcing, targets, cfg, names, planting_start, devices)
     nn, nstg = len(names), len(cfg.stages)
-    der, der_names = derived_fn(forcing, cfg, planting_start)
+    der, der_names = derived_fn(forcing, _solver(cfg), planting_start)
 
     def make(lo, hi):
         w = W[lo:hi]

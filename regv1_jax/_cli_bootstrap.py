@@ -1,0 +1,184 @@
+"""``regv1 bootstrap`` and the bootstrap options of ``regv1 calibrate --uncertainty``.
+
+Kept out of ``cli.py`` (registered there with ``main.add_command``); the shared CLI helpers
+are imported from ``cli`` inside the functions (``cli`` imports this module)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+from pathlib import Path
+
+import click
+
+__all__ = ["bootstrap", "bootstrap_options", "check_bootstrap_options",
+           "run_site_bootstrap", "finish_site_bootstrap", "site_bootstrap"]
+
+
+def bootstrap_options(f):
+    """The options every bootstrap run takes (``calibrate`` and ``bootstrap``)."""
+    opts = [
+        click.option("--B", "B", type=click.IntRange(min=2), default=1000, show_default=True,
+                     help="Bootstrap replicates (each a full staged refit)."),
+        click.option("--block-length", default="auto", show_default=True, metavar="L|auto",
+                     help="Years per block; 'auto': Politis-White (2004) on the point fit's "
+                     "residual series (docs/methods.md)."),
+        click.option("--scheme", type=click.Choice(["moving", "stationary"]),
+                     default="moving", show_default=True,
+                     help="Moving-block (fixed L) or stationary (geometric, mean L) blocks."),
+        click.option("--bootstrap-seed", type=click.IntRange(min=0), default=0,
+                     show_default=True, help="Seed of the resampling (jax.random)."),
+        click.option("--chunk", "boot_chunk", type=click.IntRange(min=1), default=128,
+                     show_default=True, help="Refits per batched call (vmap)."),
+        click.option("--resume", is_flag=True, help="Reuse the finished chunks of an "
+                     "interrupted bootstrap with the same settings (kept in "
+                     "OUT.bootstrap_chunks/ until the run completes)."),
+    ]
+    return functools.reduce(lambda g, o: o(g), reversed(opts), f)
+
+
+def check_bootstrap_options(boot: dict) -> None:
+    """``--block-length``: a positive integer or ``auto`` (one-line error otherwise)."""
+    text = str(boot["block_length"]).strip().lower()
+    if text == "auto":
+        boot["block_length"] = "auto"
+        return
+    try:
+        L = int(text)
+    except ValueError:
+        L = 0
+    if L < 1:
+        raise click.BadParameter(f"{boot['block_length']!r}: expected a positive integer "
+                                 "or 'auto'", param_hint="--block-length")
+    boot["block_length"] = L
+
+
+def _chunks_dir(out_path: Path) -> Path:
+    return Path(str(out_path) + ".bootstrap_chunks")
+
+
+def site_bootstrap(cal, **kw):
+    """The block bootstrap of a :class:`SiteCalibration`: its training targets (spreads
+    from the training cells, holdout masked, as ``calibrate_site``), its fitted
+    parameters, its config (``bootstrap_study`` keywords in ``kw``)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ._objective import make_targets
+    from .analysis._bootstrap import bootstrap_study
+
+    years = np.asarray(cal.forcing.years)
+    keep = np.ones(len(years), bool)
+    if cal.holdout_years is not None:
+        h0, h1 = cal.holdout_years
+        keep &= ~((years >= h0) & (years <= h1))
+    targets = make_targets(cal.observations, cal.forcing, dtype=cal.params.dtype,
+                           sigma_years=keep).with_mask(jnp.asarray(keep))
+    names = []
+    for r in cal.stages:
+        if r.skipped is None:
+            names += [n for n in r.fitted if n not in names]
+    if not names:
+        raise ValueError("no stage fitted any parameter: nothing to bootstrap")
+    return bootstrap_study(cal.space, cal.params, cal.forcing, targets, cal.config, names,
+                           **kw)
+
+
+def run_site_bootstrap(cal, out_path: Path, boot: dict, t0: float, planting_start):
+    """Run ``site_bootstrap`` with the CLI's options; chunks stream to
+    ``OUT.bootstrap_chunks`` (removed by :func:`finish_site_bootstrap`)."""
+    import time
+
+    import numpy as np
+
+    chunks = _chunks_dir(out_path)
+    if not boot["resume"] and chunks.exists():
+        shutil.rmtree(chunks)
+    point = np.asarray([float(x) for x in cal.params.as_dict().values()])
+    key = {"site": cal.site, "point": hashlib.sha1(point.tobytes()).hexdigest()[:16]}
+    click.echo(f"[{time.time() - t0:6.1f}s] block bootstrap: B = {boot['B']}, "
+               f"{boot['scheme']} blocks, block length {boot['block_length']} (staged "
+               "refits batched; the first chunk includes compilation)")
+    res = site_bootstrap(cal, B=boot["B"], block_length=boot["block_length"],
+                         scheme=boot["scheme"], seed=boot["bootstrap_seed"],
+                         planting_start=planting_start, chunk=boot["boot_chunk"],
+                         store_dir=chunks,
+                         store_key=key, resume=boot["resume"], progress=True)
+    bad = res.B - int(res.used.sum())
+    click.echo(f"[{time.time() - t0:6.1f}s] bootstrap: {res.B} refits in {res.seconds:.1f}s, "
+               f"block length {res.block_length}; {bad} replicate(s) excluded "
+               f"(status counts {res.status_counts})")
+    return res
+
+
+def finish_site_bootstrap(out_path: Path) -> None:
+    shutil.rmtree(_chunks_dir(out_path), ignore_errors=True)
+
+
+@click.command()
+@click.option("--site", required=True, help="Site (`regv1 sites`), or a location in --data.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV in the seed's schema (default: the site's bundled file).")
+@click.option("--region", default=None, help="Prior region (default: the site's).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="JSON calibration config (as for `regv1 calibrate`).")
+@click.option("--start", type=int, default=None, help="First year (default: first data year).")
+@click.option("--end", type=int, default=None, help="Last year (default: last data year).")
+@click.option("--holdout", default=None, metavar="Y0-Y1|auto|none",
+              help="Years kept out of the fit (as for `regv1 calibrate`).")
+@click.option("--out", type=click.Path(), required=True, help="Output folder.")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT that regv1 did not write.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
+              show_default=True)
+@click.option("--no-cache", is_flag=True, help="Do not use the compilation cache.")
+@bootstrap_options
+def bootstrap(site, data, region, config_file, start, end, holdout, out, force, dtype,
+              no_cache, **boot):
+    """Block bootstrap of a site's staged calibration: the point fit, then B staged refits
+    on resampled years (warm-started from the point estimate, batched), percentile and BCa
+    95% intervals of every calibrated parameter and of the derived quantities.
+
+    Writes bootstrap.json, bootstrap_params.csv, bootstrap_replicates.csv,
+    bootstrap_bands.csv, bootstrap_bands.png and manifest.json into OUT (schemas:
+    docs/methods.md, "Block bootstrap")."""
+    import time
+
+    from .cli import (
+        calibration_inputs,
+        check_years,
+        cli_errors,
+        command_manifest,
+        compute_context,
+        out_dir_writer,
+        prepare_out_dir,
+    )
+
+    check_years(start, end, min_years=2)
+    check_bootstrap_options(boot)
+    out_path = prepare_out_dir(out, force)
+    cfg, s, space, obs, ftable, y0, y1 = calibration_inputs(
+        site, data, region, config_file, start, end, None, None, None, holdout, None, None)
+    from ._fit import calibrate_site
+    from ._report import write_bootstrap
+    from ._sites import site_forcing
+
+    t0 = time.time()
+    with compute_context(dtype, no_cache) as jdtype, cli_errors():
+        forcing = site_forcing(s, y0, y1, forcing_table=ftable)
+        click.echo(f"point fit of {s.name} ({s.region}), {y0}-{y1}, {cfg.method}/{dtype}")
+        cal = calibrate_site(space, space.prior_values(jdtype), forcing, obs, cfg,
+                             planting_start=s.planting_start, identifiability=False,
+                             progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
+        res = run_site_bootstrap(cal, out_path, boot, t0, s.planting_start)
+    doc = command_manifest({"data": s.data_file, "config": config_file}, dtype=dtype,
+                           site=s.name, region=s.region)
+    with out_dir_writer(out_path, doc) as tmp:
+        files = write_bootstrap(cal, res, tmp)
+    finish_site_bootstrap(out_path)
+    click.echo(f"[{time.time() - t0:6.1f}s] wrote {out_path}/: " + ", ".join(files)
+               + ", manifest.json")
+    for n in res.names + res.derived:
+        iv = res.intervals[n]
+        click.echo(f"  {n}: {res.point[n]:.4g}, BCa [{iv['BCa'][0]:.4g}, {iv['BCa'][1]:.4g}],"
+                   f" percentile [{iv['percentile'][0]:.4g}, {iv['percentile'][1]:.4g}]")

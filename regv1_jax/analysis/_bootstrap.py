@@ -44,13 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
-from .._calibrate import CalibrationConfig
+from .._calibrate import CalibrationConfig, _stack
 from .._forcing import Forcing
 from .._model import LAYER_DEPTHS_M, SOM_PER_C
 from .._objective import TARGET_VARIABLES, Targets, data_residuals, simulated
 from .._params import Params, ParamSpace
 from .._solve import simulate
-from .._staged import CODES, fit_staged, settings_of, staged_problem
+from .._staged import AT_BOUND_U, CODES, fit_staged, settings_of, staged_problem
 from ._evaluate import ChunkStore, Evaluation, map_chunks, no_planting
 from ._qoi import _masked_mean
 
@@ -65,6 +65,9 @@ SCHEMES = ("moving", "stationary")
 REPLICATE_STATUS = {
     0: "ok (converged, or stopped at a physical bound)",
     1: "a stage stopped before its convergence test passed",
+    2: "no optimiser step accepted: every fitted parameter off its bounds stayed at the "
+       "point estimate although the weights changed (seen when a parameter sits at a "
+       "physical bound; such a stage reports at_bound, not its convergence)",
     3: "a stage that ran in the point fit was skipped (the resample dropped its data)",
     4: "every start of a stage diverged",
     5: "non-finite parameters or derived quantities",
@@ -281,16 +284,21 @@ def _refit_batch(W, base, problem, forcing, targets, prior_w, space, settings, s
     der, _ = derived_fn(forcing, solver, planting_start)
 
     def local(W, base, problem, forcing, targets, prior_w):
+        u0 = _stack(space, space.to_unconstrained(base))
+        ever = jnp.any(problem.masks, axis=0)
+
         def one(w):
             res = fit_staged(base, problem, forcing, targets, w, prior_w, space, settings,
                              gtol, ftol)
+            interior = ever & (jnp.abs(res.u) < AT_BOUND_U) & (jnp.abs(u0) < AT_BOUND_U)
+            stuck = jnp.any(interior) & ~jnp.any(interior & (res.u != u0))
             vals = jnp.stack([getattr(res.params, n) for n in names])
             d, series = der(res.params)
             c = res.status
             finite = jnp.all(jnp.isfinite(vals)) & jnp.all(jnp.isfinite(d)) & \
                 jnp.all(jnp.isfinite(series))
             st = jnp.where(jnp.any(c == CODES["failed"]), 4, jnp.where(~finite, 5, jnp.where(
-                jnp.any(c == CODES["not_converged"]), 1, 0)))
+                jnp.any(c == CODES["not_converged"]), 1, jnp.where(stuck, 2, 0))))
             return (jnp.concatenate([vals, c.astype(vals.dtype), d, series]),
                     st.astype(jnp.int32))
 
@@ -312,9 +320,9 @@ def refit_fn(space: ParamSpace, base: Params, forcing: Forcing, targets: Targets
     (``fit_staged`` from ``base``, one start), then ``names``' values, the stage codes, the
     derived quantities and the simulated series (column names returned second).  With
     several ``devices`` the rows are split over them (``shard_map``; ``c`` must be a
-    multiple of their number).  Status here: 4 failed, 5 non-finite, 1 not converged, 0
-    ok; status 3 (a stage skipped that ran in the point fit) needs the point refit's
-    codes and is set by :func:`replicate_status`."""
+    multiple of their number).  Status here: 4 failed, 5 non-finite, 1 not converged, 2
+    stuck at the warm start, 0 ok; status 3 (a stage skipped that ran in the point fit)
+    needs the point refit's codes and is set by :func:`replicate_status`."""
     problem = staged_problem(space, cfg.stages, 1, jax.random.PRNGKey(cfg.seed),
                              dtype=base.dtype)
     settings = settings_of(cfg)
@@ -441,7 +449,7 @@ def replicate_status(status, codes, point_codes, exclude_not_converged: bool = T
     codes = np.asarray(codes)
     newly = np.any((codes == CODES["skipped"])
                    & (np.asarray(point_codes)[None, :] != CODES["skipped"]), axis=1)
-    st = np.where(newly & (status <= 1), 3, status).astype(np.int32)
+    st = np.where(newly & (status <= 2), 3, status).astype(np.int32)
     if not exclude_not_converged:
         st = np.where(st == 1, 0, st).astype(np.int32)
     return st
@@ -546,6 +554,7 @@ def bootstrap_study(
     codes = vals[:, nn:nn + nstg].astype(int)
     point_codes = codes[0]
     st = replicate_status(ev.status, codes, point_codes, exclude_not_converged)
+    # (Row 0, the point refit, has the point's own weights: not moving is right there.)
     q = nn + nstg + len(der_names)
     quantities = list(names) + der_names
     d_point, s_point = der(params)

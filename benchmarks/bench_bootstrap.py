@@ -27,7 +27,8 @@ Coverage (``--coverage K``): K twins (``make_twin``, r_V = 0.15 true, cover nois
 points, noise seeds 0..K-1, 1990-2019 = 30 years, planting from 1999), one stage (r_V,
 K_V on cover; RK4, 4 steps per year, 15 LM iterations, no prior), point fit by
 ``fit_staged`` from the prior (4 starts, vmapped over the twins), then a bootstrap per twin
-(``--coverage-B`` replicates, moving blocks, automatic block length); the share of twins
+(``--coverage-B`` replicates, moving blocks, ``--coverage-L``: the automatic block length
+by default, 1 matches the twins' independent noise); the share of twins
 whose percentile / BCa interval covers the true r_V and K_V.
 """
 
@@ -55,6 +56,8 @@ def parse_args(argv=None):
     ap.add_argument("--scipy-sample", type=int, default=6)
     ap.add_argument("--coverage", type=int, default=0, help="twins for the coverage check")
     ap.add_argument("--coverage-B", type=int, default=200)
+    ap.add_argument("--coverage-L", default="auto", help="block length of the coverage "
+                    "bootstrap: 'auto' or an integer (the twins' noise is independent: 1)")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
 
@@ -172,6 +175,7 @@ def coverage(args, result):
     fits = jax.vmap(lambda tg: fit_staged(prior, prob, forcing, tg, jnp.ones(n),
                                           jnp.asarray(0.0), space, settings_of(cfg)))(T)
     t_point = time.perf_counter() - t
+    L_arg = "auto" if args.coverage_L == "auto" else int(args.coverage_L)
     hits = {m: {p: 0 for p in truth} for m in ("percentile", "BCa")}
     counted = {p: 0 for p in truth}
     widths, Ls, used = [], [], []
@@ -179,7 +183,8 @@ def coverage(args, result):
     for k in range(K):
         point = jax.tree_util.tree_map(lambda x, k=k: x[k], fits.params)
         res = bootstrap_study(space, point, forcing, targets[k], cfg, list(truth),
-                              B=args.coverage_B, chunk=args.chunk, planting_start=ps)
+                              B=args.coverage_B, chunk=args.chunk, planting_start=ps,
+                              block_length=L_arg)
         Ls.append(res.block_length)
         used.append(int(res.used.sum()))
         for p, v in truth.items():
@@ -204,7 +209,7 @@ def coverage(args, result):
         twins=K, B=args.coverage_B, years=[start, end], truth=truth, noise="veg_cover_% "
         "additive normal sd 2 points, seeds 0..K-1", stage=stage.name, method="rk4",
         steps_per_year=4, lm_steps=15, prior_weight=0.0, scheme="moving",
-        block_length="auto", block_lengths=Ls, replicates_used=used,
+        block_length=args.coverage_L, block_lengths=Ls, replicates_used=used,
         intervals_counted=counted, coverage=cov, target=[0.90, 0.99], within_target=ok,
         r_V_percentile_width_median=float(np.median(widths)), point_fit_s=t_point,
         bootstrap_s=t_boot, loadavg_end=loadavg())
@@ -221,7 +226,8 @@ def main(argv=None):
     result = run_header()
     if args.coverage:
         coverage(args, result)
-        name = f"bootstrap_coverage_{socket.gethostname()}.json"
+        tag = "" if args.coverage_L == "auto" else f"_L{args.coverage_L}"
+        name = f"bootstrap_coverage{tag}_{socket.gethostname()}.json"
     else:
         speed(args, result)
         name = f"bootstrap_{socket.gethostname()}.json"

@@ -560,6 +560,8 @@ def bootstrap_tables(cal: SiteCalibration, boot):
         "acceleration": [iv[n]["acceleration"] for n in qs],
         "n_used": [iv[n]["n_used"] for n in qs]})
     reps = pd.DataFrame(boot.replicates, columns=qs)
+    for j, st in enumerate(cal.config.stages):
+        reps[f"stage_code:{st.name}"] = boot.stage_codes[:, j]
     reps.insert(0, "status", boot.status)
     reps.insert(0, "replicate", np.arange(boot.B))
     lo, hi = boot.band()

@@ -5,6 +5,7 @@ refits, sharding and the CLI are slow-marked (they compile the staged fit)."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -204,37 +205,42 @@ def test_bootstrap_study_tiny_twin(tmp_path):
 
 @pytest.mark.slow
 def test_sharded_equals_unsharded(tmp_path):
+    """The same study split over 4 host devices (a subprocess: the flag must precede jax)
+    equals the one-device study of this process (the shapes of the tiny-twin test, so its
+    compiled batch is reused when both run)."""
     from helpers import run_on_cpu_devices
 
-    tiny_problem(tmp_path)  # writes the CSV the subprocess reads
+    from regv1_jax.analysis._bootstrap import bootstrap_study
+
+    space, forcing, targets, cfg, path = tiny_problem(tmp_path)
+    p0 = space.prior_values(jnp.float64).replace(r_V=jnp.asarray(0.15))
+    kw = dict(B=48, chunk=32, planting_start=PS, block_length=2)
+    out = tmp_path / "sharded.npz"
     code = f"""
-import dataclasses, jax
+import sys, jax
 jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, "{Path(__file__).resolve().parent}")
 import numpy as np, jax.numpy as jnp
-import regv1_jax as r
-from regv1_jax._calibrate import SEED_STAGES, CalibrationConfig
-from regv1_jax._objective import make_targets
-from regv1_jax._synthetic import twin_forcing
+from pathlib import Path
+from test_bootstrap import tiny_problem, PS
+from regv1_jax._compile_cache import enable_cache
 from regv1_jax.analysis._bootstrap import bootstrap_study
+enable_cache()
 assert len(jax.devices()) == 4
-RAIN = 420 + 60 * np.sin(np.arange({START}, {END} + 1) * 1.7)
-cfg = CalibrationConfig(stages=(dataclasses.replace(SEED_STAGES[0], events=False),),
-                        n_starts=1, lm_steps=15, prior_weight=0.0, holdout=None,
-                        method="rk4", steps_per_year=4)
-obs = r.load_site("{tmp_path / 'bs_synthetic.csv'}", "bs-synthetic")
-space = r.load_param_space("LoessPlateau")
-forcing = twin_forcing({START}, {END}, RAIN, {PS})
-t = make_targets(obs, forcing)
+space, forcing, t, cfg, _ = tiny_problem(Path("{tmp_path}"))
 p0 = space.prior_values(jnp.float64).replace(r_V=jnp.asarray(0.15))
-kw = dict(B=14, chunk=8, planting_start={PS}, block_length=2)
-a = bootstrap_study(space, p0, forcing, t, cfg, ["r_V", "K_V"], devices=jax.devices(), **kw)
-b = bootstrap_study(space, p0, forcing, t, cfg, ["r_V", "K_V"], devices=jax.devices()[:1],
-                    **kw)
-np.testing.assert_allclose(a.replicates, b.replicates, rtol=1e-9, atol=1e-12)
-np.testing.assert_array_equal(a.status, b.status)
+a = bootstrap_study(space, p0, forcing, t, cfg, ["r_V", "K_V"], devices=jax.devices(),
+                    {", ".join(f"{k}={v!r}" for k, v in kw.items())})
+np.savez("{out}", reps=a.replicates, status=a.status, series=a.series)
 print("SHARDED OK")
 """
     run_on_cpu_devices(code)
+    b = bootstrap_study(space, p0, forcing, targets, cfg, ["r_V", "K_V"],
+                        devices=jax.devices()[:1], **kw)
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["reps"], b.replicates, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(z["series"], b.series, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(z["status"], b.status)
 
 
 @pytest.mark.slow

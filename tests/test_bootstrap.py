@@ -159,6 +159,22 @@ def test_map_chunks_keeps_columns_and_resumes(tmp_path):
     assert ev2.chunks_resumed == 3
 
 
+def test_cli_bad_bootstrap_input_is_one_line_before_computing(tmp_path):
+    from click.testing import CliRunner
+
+    from regv1_jax.cli import main
+
+    for args in (["bootstrap", "--site", "Yanhe-basin", "--block-length", "0"],
+                 ["calibrate", "--site", "Yanhe-basin", "--uncertainty", "--block-length",
+                  "x"],
+                 ["bootstrap", "--site", "no-such-site"],
+                 ["bootstrap", "--site", "Yanhe-basin", "--B", "1"]):
+        res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "o")])
+        assert res.exit_code in (1, 2), res.output
+        assert "Traceback" not in res.output and "Error" in res.output
+        assert not (tmp_path / "o").exists()
+
+
 # --- batched staged refits (compile the staged fit: slow) -------------------------------------
 START, END, PS = 1995, 2012, 1999
 RAIN = 420 + 60 * np.sin(np.arange(START, END + 1) * 1.7)

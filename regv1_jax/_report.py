@@ -541,7 +541,8 @@ def bootstrap_summary(cal: SiteCalibration, boot) -> dict:
             "kind": "derived" if n in DERIVED else "parameter", "units": _units(cal, n),
             "point": boot.point[n], "percentile": iv["percentile"], "BCa": iv["BCa"],
             "z0": iv["z0"], "acceleration": iv["acceleration"], "sd": iv["sd"],
-            "n_used": iv["n_used"], "CI_95_local": list(local[n]) if n in local else None,
+            "n_used": iv["n_used"], "point_inside_percentile": iv["point_inside_percentile"],
+            "CI_95_local": list(local[n]) if n in local else None,
             "description": DERIVED[n][1] if n in DERIVED else None}
     return _num(out)
 
@@ -599,6 +600,12 @@ def bootstrap_markdown(cal: SiteCalibration, boot, png: str) -> list[str]:
                      f"[{_fmt(iv['percentile'][0])}, {_fmt(iv['percentile'][1])}]",
                      f"[{_fmt(loc[0])}, {_fmt(loc[1])}]" if loc else "–", iv["sd"]])
     counts = ", ".join(f"{v} × status {k}" for k, v in st["status_counts"].items())
+    outside = [n for n in boot.names + boot.derived
+               if not boot.intervals[n]["point_inside_percentile"]]
+    warn = ([f"**Warning:** the point estimate lies outside the percentile interval of "
+             f"{', '.join(outside)}: the replicates sit on one side of it (e.g. refits that "
+             "can move only one way from a physical bound); treat these intervals with "
+             "care.", ""] if outside else [])
     return [
         "## Bootstrap uncertainty", "",
         f"Block bootstrap over the {len(st['training_years_resampled'])} training years with "
@@ -612,7 +619,7 @@ def bootstrap_markdown(cal: SiteCalibration, boot, png: str) -> list[str]:
         f"acceleration from {st['jackknife_refits']} delete-one-block jackknife refits "
         f"({st['jackknife_used']} used).", "",
         _table(["quantity", "units", "point", "BCa 95%", "percentile 95%", "local CI_95",
-                "bootstrap sd"], rows), "",
+                "bootstrap sd"], rows), "", *warn,
         "params.json `CI_95` is the bootstrap BCa interval (`CI_95_local` the local one). "
         "Derived quantities use the fit's solver on the replicate's parameters; multiply "
         "runoff decrease by the regional area and SOC sequestration by the GTGP area for "

@@ -133,7 +133,7 @@ def test_failed_replicates_are_excluded_and_counted():
     assert np.sum(replicate_status(status, codes, np.array([0, 0]), False) == 1) == 0
     out = bootstrap_intervals(np.zeros(1), reps, st == 0, reps[:20], np.ones(20, bool),
                               ["x"])
-    assert out["x"]["n_used"] == 250
+    assert out["x"]["n_used"] == 250 and out["x"]["point_inside_percentile"]
     lo, hi = out["x"]["percentile"]
     np.testing.assert_allclose([lo, hi], np.quantile(reps[st == 0, 0], [0.025, 0.975]))
     assert hi < 5

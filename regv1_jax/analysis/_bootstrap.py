@@ -403,19 +403,23 @@ def _intervals_all(theta_hat, reps, ok, jack, jack_ok):
 def bootstrap_intervals(point: np.ndarray, reps: np.ndarray, ok: np.ndarray,
                         jack: np.ndarray, jack_ok: np.ndarray, names) -> dict[str, dict]:
     """Per quantity: the percentile and BCa 95% intervals, ``z0``, ``a``, the replicate
-    standard deviation and the number of replicates used."""
+    standard deviation, the number of replicates used and whether the point estimate lies
+    inside the percentile interval (False: the replicates sit on one side of it - a
+    warning sign, e.g. a refit that can only move one way from a bound)."""
     out = {}
     n_used = int(np.sum(ok))
     if n_used == 0:
         nan = float("nan")
-        return {n: {"percentile": [nan, nan], "BCa": [nan, nan], "z0": nan,
+        return {n: {"point_inside_percentile": False, "percentile": [nan, nan],
+                    "BCa": [nan, nan], "z0": nan,
                     "acceleration": nan, "sd": nan, "n_used": 0} for n in names}
     res = [np.asarray(x) for x in _intervals_all(
         jnp.asarray(point), jnp.asarray(reps), jnp.asarray(ok), jnp.asarray(jack),
         jnp.asarray(jack_ok))]
     sd = np.std(reps[ok], axis=0, ddof=1) if n_used > 1 else np.full(len(names), np.nan)
     for i, n in enumerate(names):
-        out[n] = {"percentile": [float(res[0][i]), float(res[1][i])],
+        out[n] = {"point_inside_percentile": bool(res[0][i] <= point[i] <= res[1][i]),
+                  "percentile": [float(res[0][i]), float(res[1][i])],
                   "BCa": [float(res[2][i]), float(res[3][i])], "z0": float(res[4][i]),
                   "acceleration": float(res[5][i]), "sd": float(sd[i]), "n_used": n_used}
     return out

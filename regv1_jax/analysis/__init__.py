@@ -1,8 +1,12 @@
 """Analyses over the batched engine: the evaluator, quantities of interest, Sobol' and DGSM.
 
-Bootstrap and profile likelihood will plug into :func:`map_chunks` with a vmapped fit.
+The block bootstrap (``bootstrap_study``) plugs into :func:`map_chunks` with vmapped
+staged refits.
 """
 
+from ._bootstrap import BootstrapResult as BootstrapResult
+from ._bootstrap import bootstrap_study as bootstrap_study
+from ._bootstrap import resample_counts as resample_counts
 from ._dgsm import DGSM as DGSM
 from ._dgsm import dgsm as dgsm
 from ._dgsm import model_unit_fn as model_unit_fn

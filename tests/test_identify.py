@@ -104,3 +104,25 @@ def test_replicates_file_contract(tmp_path):
     bad.write_text("replicate,foo\n1,2\n")
     with pytest.raises(ValueError, match="at least two parameters"):
         read_replicates(bad, space)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["profile", "--param", "no_such"], "unknown parameter 'no_such'"),
+    (["profile", "--from-calibration", "{tmp}"], "no params.json"),
+    (["identify", "--replicates", "{tmp}/bad.csv"], "at least two parameters"),
+    (["identify", "--from-calibration", "{tmp}", "--start", "2000", "--end", "1999"],
+     "before --start"),
+])
+def test_cli_bad_input_is_one_line_before_computing(tmp_path, args, needle):
+    from click.testing import CliRunner
+
+    from regv1_jax.cli import main
+
+    (tmp_path / "bad.csv").write_text("replicate,foo\n1,2\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = CliRunner().invoke(main, [argv[0], "--site", "Yanhe-basin", "--out",
+                                    str(tmp_path / "out"), *argv[1:]])
+    assert res.exit_code in (1, 2) and "Error:" in res.output, res.output
+    assert "Traceback" not in res.output and needle in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "out").exists()

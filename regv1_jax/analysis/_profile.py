@@ -48,11 +48,11 @@ from .._staged import AT_BOUND_U
 
 __all__ = ["CHI2_95", "POINT_STATUS", "DEFAULT_PROFILED", "Profile", "ProfileSetup",
            "profile", "lr_interval", "point_residual_fn", "profile_grid",
-           "setup_from_calibration"]
+           "setup_from_calibration", "write_profile", "plot_profiles", "report_fragment"]
 
 CHI2_95 = 3.841458820694124  # 95% quantile of chi2 with 1 degree of freedom
 DEFAULT_PROFILED = ("theta_star", "SOM_star")  # the seed's thresholds
-POINT_STATUS = {0: "ok", 1: "not_converged", 2: "at_bound", 3: "failed"}
+POINT_STATUS = {0: "ok", 1: "not_converged", 2: "at_bound", 3: "failed"}  # at_bound: converged
 EDGE = 1e-3  # grid ends stay this share of the physical range inside the bounds
 
 
@@ -259,8 +259,9 @@ def _sweeps(u_start, grid_u, idx, masks, S, prior_rows, base, ev_w, prior_w, for
         free = jnp.sum(S_b, axis=1) > 0
         at_bound = jnp.any(free & (jnp.abs(u) >= AT_BOUND_U))
         finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(u))
-        code = jnp.where(conv, 0, 1)
-        code = jnp.where(at_bound, 2, code)
+        # at_bound: converged with a refitted parameter at its physical bound (its
+        # saturated coordinate has no gradient); not converged wins over at_bound.
+        code = jnp.where(conv, jnp.where(at_bound, 2, 0), 1)
         code = jnp.where(finite, code, 3)
         return u, jnp.where(finite, loss, jnp.nan), code, it
 
@@ -296,19 +297,23 @@ def _data_scale(setup: ProfileSetup) -> tuple[float, float, int]:
 def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
             k_sd: float = 3.0, spans: dict | None = None, profiled_prior: bool = False,
             scale: bool = True, gtol: float | None = None, ftol: float | None = None,
-            ) -> list[Profile]:
+            lm_steps: int | None = None) -> list[Profile]:
     """Profiles of ``names`` over their grids (:func:`profile_grid`), all in one jitted
     call: ``2 len(names)`` sweeps of ``points // 2 + 1`` steps (the estimate is the first
     step of both), each step one vmapped LM refit per sweep.
 
-    Precision: that of ``setup.params`` (float64 recommended: deviances are differences
-    of losses).  Returns one :class:`Profile` per name, in order."""
+    ``lm_steps``: most LM iterations per point (default: the config's); ``gtol``,
+    ``ftol``: the convergence test of each point (default: the config's).  Precision: that
+    of ``setup.params`` (float64 recommended: deviances are differences of losses).
+    Returns one :class:`Profile` per name, in order."""
     names = list(names)
     if not names:
         raise ValueError("no parameter to profile")
     if len(set(names)) != len(names):
         raise ValueError(f"parameter named twice in {names}")
     space, cfg = setup.space, setup.cfg
+    if lm_steps is not None:
+        cfg = dataclasses.replace(cfg, lm_steps=int(lm_steps))
     dtype = setup.params.dtype
     spans = spans or {}
     gtol = cfg.gtol if gtol is None else gtol
@@ -413,3 +418,93 @@ def setup_from_calibration(cal) -> ProfileSetup:
                                cal.params.dtype)
     return ProfileSetup(cal.space, cal.params, cal.forcing, targets, tuple(free), cal.config,
                         events)
+
+
+def plot_profiles(profiles, path, title: str = ""):
+    """Deviance against the parameter per profile: the 3.84 line (chi2_1, 95%), the
+    estimate, the interval's ends (dashed where open) and the failed points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(profiles)
+    fig, axes = plt.subplots(1, n, squeeze=False, figsize=(4.2 * n, 3.4))
+    for ax, p in zip(axes[0], profiles):
+        ok = p.status < 3
+        ax.plot(p.x[ok], p.deviance[ok], "o-", ms=3, color="C0", label="profile")
+        nc = (p.status == 1) | (p.status == 2)
+        if nc.any():
+            ax.plot(p.x[nc], p.deviance[nc], "s", ms=5, mfc="none", color="C1",
+                    label="not converged / at bound")
+        if (~ok).any():
+            top = np.nanmax(p.deviance) if np.isfinite(p.deviance).any() else CHI2_95
+            ax.plot(p.x[~ok], np.full(int(np.sum(~ok)), top), "x", color="C3",
+                    label="failed")
+        ax.axhline(CHI2_95, color="k", lw=0.8, ls=":", label="3.84 (95%, chi2_1)")
+        ax.axvline(p.estimate, color="C2", lw=1.0, label=f"estimate {p.estimate:.4g}")
+        for end, is_open in ((p.ci[0], p.open_lower), (p.ci[1], p.open_upper)):
+            if np.isfinite(end):
+                ax.axvline(end, color="C3", lw=0.9, ls="--" if is_open else "-")
+        ax.set_xlabel(f"{p.name} [{p.units}]", fontsize=9)
+        ax.set_ylabel("deviance 2 (L - L_min) / s (dimensionless)", fontsize=8)
+        flat = " (flat)" if p.flat else ""
+        ax.set_title(f"{p.name}: 95% [{p.ci[0]:.4g}, {p.ci[1]:.4g}]{flat}", fontsize=9)
+        ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PROFILE_SCHEMA = {
+    "profile.csv": "parameter, value (physical units), loss (0.5 |r|^2 of the refit), "
+    "deviance (2 (loss - loss_min) / deviance_scale), status (ok, not_converged, at_bound, "
+    "failed), lm_iterations, is_estimate (the grid centre)",
+    "profile.json": "settings, and per parameter: estimate, profile_minimum_at, loss_min, "
+    "deviance_scale (max(1, chi2/dof)), CI_95_LR [lo, hi] (an open side gives the grid end), "
+    "open_lower, open_upper, flat, max_deviance, grid, points, status counts, "
+    "failed_points (grid indices), refitted (the parameters refitted at each point)",
+}
+
+
+def write_profile(profiles, folder, settings: dict, title: str = "") -> list[str]:
+    """profile.csv, profile.json and profile.png into ``folder``; returns the file names."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .._report import _num
+
+    folder = Path(folder)
+    rows = []
+    for p in profiles:
+        m = p.x.size // 2
+        for i in range(p.x.size):
+            rows.append({"parameter": p.name, "value": float(p.x[i]),
+                         "loss": float(p.loss[i]), "deviance": float(p.deviance[i]),
+                         "status": POINT_STATUS[int(p.status[i])],
+                         "lm_iterations": int(p.n_iter[i]), "is_estimate": i == m})
+    pd.DataFrame(rows).to_csv(folder / "profile.csv", index=False, float_format="%.10g")
+    doc = {"settings": settings, "chi2_1_95": CHI2_95, "schema": PROFILE_SCHEMA,
+           "profiles": [p.summary() for p in profiles]}
+    (folder / "profile.json").write_text(json.dumps(_num(doc), indent=2))
+    plot_profiles(profiles, folder / "profile.png", title)
+    return ["profile.csv", "profile.json", "profile.png"]
+
+
+def report_fragment(profiles) -> str:
+    """A markdown section for the calibrate report (``_report.report_html`` renders it):
+    one row per profile with its LR interval and flags."""
+    lines = ["## Profile likelihood", "",
+             "| parameter | estimate | 95% LR interval | open | flat | failed points |",
+             "|---|---|---|---|---|---|"]
+    for p in profiles:
+        side = ", ".join(s for s, o in (("lower", p.open_lower), ("upper", p.open_upper))
+                         if o) or "no"
+        lines.append(f"| {p.name} | {p.estimate:.4g} | [{p.ci[0]:.4g}, {p.ci[1]:.4g}] | "
+                     f"{side} | {'yes' if p.flat else 'no'} | {len(p.failed)} |")
+    return "\n".join(lines + ["", "Deviance 2 (L - L_min) / max(1, chi2/dof) against "
+                              "3.84 (chi2_1, 95%); an open side ends at the grid edge.", ""])

@@ -168,8 +168,8 @@ def _manifest_inputs(s, config_file, calib, extra=None):
               show_default=True, help="Grid half-width in prior standard deviations (on the "
               "prior's scale), cut inside the physical bounds.")
 @click.option("--lm-steps", type=click.IntRange(min=1), default=None,
-              help="Most Levenberg-Marquardt iterations per grid point (default: the "
-              "config's lm_steps, 40).")
+              help="Most Levenberg-Marquardt iterations per grid point (default 15; each "
+              "point starts from its converged neighbour).")
 def profile_cmd(site, data, region, from_cal, config_file, start, end, holdout, out, force,
                 no_cache, params, points, k_sd, lm_steps):
     """Profile likelihood of the seed's thresholds (and --param): each grid point refits
@@ -190,7 +190,7 @@ def profile_cmd(site, data, region, from_cal, config_file, start, end, holdout, 
             raise ValueError(f"--param names a parameter twice: {list(params)}")
     out_path = prepare_out_dir(out, force)
     from .analysis import profile
-    from .analysis._profile import write_profile
+    from .analysis._profile import PROFILE_LM_STEPS, write_profile
 
     t0 = time.time()
     with compute_context("float64", no_cache), cli_errors():
@@ -200,7 +200,7 @@ def profile_cmd(site, data, region, from_cal, config_file, start, end, holdout, 
         profs = profile(setup, names, points=points, k_sd=k_sd, lm_steps=lm_steps)
     settings = {"site": s.name, "region": s.region, "years": [y0, y1],
                 "points": int(profs[0].x.size), "k_sd": k_sd, "dtype": "float64",
-                "lm_steps": lm_steps or cfg.lm_steps,
+                "lm_steps": lm_steps or PROFILE_LM_STEPS,
                 "method": cfg.method, "prior_weight": cfg.prior_weight,
                 "events": setup.events, "calibrated": list(setup.free),
                 "point_fit": calib["params_json"] if calib else "calibrate_site (this run)",

@@ -131,3 +131,50 @@ def test_grid_is_centred_and_inside_the_bounds():
     near = sp.bound_lower + 0.002 * (sp.bound_upper - sp.bound_lower)
     g = profile_grid(space, "SOM_star", near, points=11)
     assert g[5] == pytest.approx(near) and g[0] > sp.bound_lower
+
+
+# Compiles the sweeps and the identifiability Jacobian of the command path (~1-2 min on 2
+# cores): slow.
+@pytest.mark.slow
+def test_cli_profile_and_identify_from_a_calibration_folder(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from regv1_jax.cli import main
+
+    frame, meta = make_twin("LoessPlateau", "profile-synthetic", {"r_V": 0.15, "a2": 0.045},
+                            START, END, RAIN, 1999, depth_every=None,
+                            noise={"veg_cover_%": 1.0, "SOM_%": 0.03}, seed=3)
+    data = tmp_path / "twin.csv"
+    write_twin(frame, meta, data)
+    space = r.load_param_space("LoessPlateau")
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    block = {s.name: {"value": s.value, "source": "calibrated" if s.name in FREE else "prior"}
+             for s in space.specs}
+    (cal / "params.json").write_text(json.dumps({"LoessPlateau": block}))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"stages": [{"name": "joint", "free": list(FREE),
+                                           "variables": ["veg_cover_%", "SOM_%"]}],
+                               "method": "rk4", "steps_per_year": 6, "lm_steps": 20,
+                               "holdout": None}))
+    common = ["--site", "profile-synthetic", "--data", str(data), "--region", "LoessPlateau",
+              "--from-calibration", str(cal), "--config", str(cfg)]
+    res = CliRunner().invoke(main, ["profile", *common, "--param", "a2", "--points", "5",
+                                    "--out", str(tmp_path / "prof")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "prof" / "profile.json").read_text())
+    assert [p["name"] for p in doc["profiles"]] == ["theta_star", "SOM_star", "a2"]
+    assert (tmp_path / "prof" / "profile.png").exists()
+    rep = tmp_path / "rep.csv"
+    rng = np.random.default_rng(0)
+    rep.write_text("r_V,K_V,a1,a2\n" + "\n".join(
+        ",".join(f"{v * (1 + 0.05 * rng.standard_normal()):.6g}" for v in
+                 (0.12, 0.7, 0.18, 0.035)) for _ in range(40)) + "\n")
+    res = CliRunner().invoke(main, ["identify", *common, "--replicates", str(rep),
+                                    "--out", str(tmp_path / "ident")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "ident" / "identify.json").read_text())
+    assert [d["source"] for d in doc["results"]] == ["data", "sample"]
+    assert (tmp_path / "ident" / "correlation.png").exists()

@@ -43,7 +43,7 @@ from .._params import ParamSpace
 from .._report import _num
 
 __all__ = ["VIF_FLAG", "Identifiability", "identify_data", "identify_sample",
-           "read_replicates", "write_identify"]
+           "read_replicates", "write_identify", "report_fragment"]
 
 VIF_FLAG = 10.0
 N_SLOPPY = 3  # directions listed by default (smallest information first)
@@ -281,3 +281,20 @@ def write_identify(idents, folder, settings: dict, title: str = "") -> list[str]
     plot_correlations(idents, folder / "correlation.png", title)
     return ["correlation.csv", "vif.csv", "sloppy.csv", "identify.json", "correlation.png"]
 
+
+
+def report_fragment(idents) -> str:
+    """A markdown section for the calibrate report: per source the flagged pairs, the VIF
+    flags and the least-informed direction."""
+    lines = ["## Identifiability", "",
+             "| source | abs(r) > 0.9 | VIF > 10 | least-informed direction (information) |",
+             "|---|---|---|---|"]
+    for i in idents:
+        pairs = ", ".join(f"{a}-{b} ({r:+.2f})" for (a, b), r in
+                          ((p["pair"], p["corr"]) for p in i.pairs() if p["flag"])) or "none"
+        top = i.sloppy(1)[0]
+        load = ", ".join(f"{n} {v:+.2f}" for n, v in list(top["loadings"].items())[:3])
+        lines.append(f"| {i.source} (n = {i.n}) | {pairs} | {', '.join(i.vif_flags()) or 'none'}"
+                     f" | {load} ({top['information']:.3g}) |")
+    return "\n".join(lines + ["", "Information in units of the prior's: below 1 the data "
+                              "constrain that combination less than the prior does.", ""])

@@ -53,6 +53,7 @@ __all__ = ["CHI2_95", "POINT_STATUS", "DEFAULT_PROFILED", "Profile", "ProfileSet
 CHI2_95 = 3.841458820694124  # 95% quantile of chi2 with 1 degree of freedom
 DEFAULT_PROFILED = ("theta_star", "SOM_star")  # the seed's thresholds
 POINT_STATUS = {0: "ok", 1: "not_converged", 2: "at_bound", 3: "failed"}  # at_bound: converged
+PROFILE_LM_STEPS = 15  # most LM iterations per grid point (warm-started)
 EDGE = 1e-3  # grid ends stay this share of the physical range inside the bounds
 
 
@@ -252,7 +253,9 @@ def _sweeps(u_start, grid_u, idx, masks, S, prior_rows, base, ev_w, prior_w, for
 
         u, trace, grad, it, _ = _levenberg_marquardt(res, u0, S_b, settings)
         loss = trace[-1]
-        tail = trace[-11:]
+        # The trace repeats the final cost after an early stop; with few iterations a
+        # 10-iteration window would reach back to the start, so the last 3 count.
+        tail = trace[-3:]
         scale = 1.0 + jnp.abs(loss)
         conv = (jnp.linalg.norm(grad) <= gtol * scale) & \
             (jnp.max(tail) - jnp.min(tail) <= ftol * scale)
@@ -302,8 +305,11 @@ def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
     call: ``2 len(names)`` sweeps of ``points // 2 + 1`` steps (the estimate is the first
     step of both), each step one vmapped LM refit per sweep.
 
-    ``lm_steps``: most LM iterations per point (default: the config's); ``gtol``,
-    ``ftol``: the convergence test of each point (default: the config's).  Precision: that
+    ``lm_steps``: most LM iterations per point (default ``PROFILE_LM_STEPS``: a point
+    warm-started from its neighbour needs few; one that needs more is flagged
+    ``not_converged``); ``gtol``, ``ftol``: the convergence test of each point (default:
+    the config's; |gradient| <= gtol (1 + L) and the cost moved <= ftol (1 + L) over the
+    last 3 iterations).  Precision: that
     of ``setup.params`` (float64 recommended: deviances are differences of losses).
     Returns one :class:`Profile` per name, in order."""
     names = list(names)
@@ -312,8 +318,7 @@ def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
     if len(set(names)) != len(names):
         raise ValueError(f"parameter named twice in {names}")
     space, cfg = setup.space, setup.cfg
-    if lm_steps is not None:
-        cfg = dataclasses.replace(cfg, lm_steps=int(lm_steps))
+    cfg = dataclasses.replace(cfg, lm_steps=int(lm_steps or PROFILE_LM_STEPS))
     dtype = setup.params.dtype
     spans = spans or {}
     gtol = cfg.gtol if gtol is None else gtol
@@ -433,10 +438,12 @@ def plot_profiles(profiles, path, title: str = ""):
     for ax, p in zip(axes[0], profiles):
         ok = p.status < 3
         ax.plot(p.x[ok], p.deviance[ok], "o-", ms=3, color="C0", label="profile")
-        nc = (p.status == 1) | (p.status == 2)
-        if nc.any():
-            ax.plot(p.x[nc], p.deviance[nc], "s", ms=5, mfc="none", color="C1",
-                    label="not converged / at bound")
+        for code, mark, label in ((1, "s", "not converged"),
+                                  (2, "^", "converged, a refitted parameter at its bound")):
+            sel = p.status == code
+            if sel.any():
+                ax.plot(p.x[sel], p.deviance[sel], mark, ms=5, mfc="none",
+                        color="C1" if code == 1 else "C4", label=label)
         if (~ok).any():
             top = np.nanmax(p.deviance) if np.isfinite(p.deviance).any() else CHI2_95
             ax.plot(p.x[~ok], np.full(int(np.sum(~ok)), top), "x", color="C3",

@@ -178,3 +178,29 @@ def test_cli_profile_and_identify_from_a_calibration_folder(tmp_path):
     doc = json.loads((tmp_path / "ident" / "identify.json").read_text())
     assert [d["source"] for d in doc["results"]] == ["data", "sample"]
     assert (tmp_path / "ident" / "correlation.png").exists()
+
+
+def test_setup_from_a_site_calibration_takes_its_fitted_set_and_training_years(tmp_path):
+    from types import SimpleNamespace
+
+    from regv1_jax._calibrate import SEED_STAGES, StageResult
+    from regv1_jax.analysis import setup_from_calibration
+
+    frame, meta = make_twin("LoessPlateau", "profile-synthetic", {}, START, END, RAIN, 1999,
+                            depth_every=None)
+    path = tmp_path / "twin.csv"
+    write_twin(frame, meta, path)
+    obs = r.load_site(path, "profile-synthetic")
+    space = r.load_param_space("LoessPlateau")
+    forcing = twin_forcing(START, END, RAIN, 1999)
+    stages = [StageResult(st.name, st.free, {}, {}, 8, fitted=st.free) for st in SEED_STAGES]
+    stages[1] = StageResult("b_soil_carbon", ("a1", "a2"), {}, {}, 0, skipped="no data")
+    stages[4] = StageResult("e_joint", SEED_STAGES[4].free, {}, {}, 8,
+                            fitted=tuple(n for n in SEED_STAGES[4].free if n != "k_E"))
+    cal = SimpleNamespace(config=CalibrationConfig(), stages=stages, observations=obs,
+                          forcing=forcing, holdout_years=(2005, 2006), space=space,
+                          params=space.prior_values(jnp.float64))
+    s = setup_from_calibration(cal)
+    # Union of the fitted parameters of the stages that ran (k_E from stage d).
+    assert set(s.free) == set(SEED_STAGES[4].free) and s.events
+    assert s.targets.count()["veg_cover_%"] == 6  # 8 years minus the 2 holdout years

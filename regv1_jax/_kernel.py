@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -196,8 +197,25 @@ def rhs_source(p_def, layout: Layout, dtype) -> dict:
     pre1 = em.lines[1] + [f"H1[{k} * W + i] = {n};" for n, k in em.stores[1].items()]
     pre0 = em.lines[0] + [f"H0[{k} * W + i] = {n};" for n, k in em.stores[0].items()]
     sep = "\n      "
-    return dict(RHS=sep.join(rhs), PRE1=sep.join(pre1), PRE0=sep.join(pre0), NP=n_p,
-                ND=n_d, N0=max(len(em.stores[0]), 1), N1=max(len(em.stores[1]), 1))
+    return dict(RHS=sep.join(rhs), RHS2=sep.join(_interleave(rhs, 2)), PRE1=sep.join(pre1),
+                PRE0=sep.join(pre0), NP=n_p, ND=n_d, N0=max(len(em.stores[0]), 1),
+                N1=max(len(em.stores[1]), 1),
+                equations=dict(per_member=len(em.lines[0]), per_year=len(em.lines[1]),
+                               per_evaluation=len(em.lines[2]),
+                               hoisted_loads=len(em.stores[0]) + len(em.stores[1])))
+
+
+def _interleave(lines, k):
+    """The statements of a lane loop for ``k`` interleaved lane groups: lane ``i`` of group
+    ``g`` is lane ``i + g W / k`` of the block.  Each statement is repeated per group (names
+    ``tN`` -> ``tN_g``), so the core has ``k`` independent dependency chains in flight (an
+    evaluation is a long serial chain: log, exp, ..., log, exp)."""
+    out = []
+    for line in lines:
+        for g in range(k):
+            out.append(re.sub(r"\bt(\d+)\b", rf"t\1_{g}", line).replace(
+                " * W + i]", f" * W + i + {g} * (W / {k})]"))
+    return out
 
 
 _DRIVER = r"""
@@ -238,13 +256,21 @@ static inline void pre1(const T* __restrict P, const T* __restrict H0, const T* 
   }
 }
 
-// One right-hand-side evaluation of the block: one pass, state in L1.
+// One right-hand-side evaluation of the block: one pass, state in L1.  A block of two
+// registers (WB) runs them interleaved, two dependency chains in flight: +10% measured.
 template <int W>
 static inline void rhs(const T* __restrict P, const T* __restrict H0, const T* __restrict DR,
                        const T* __restrict H1, const T* __restrict Y, T* __restrict K) {
-  #pragma omp simd
-  for (int i = 0; i < W; ++i) {
+  if constexpr (W == 2 * WS) {
+    #pragma omp simd
+    for (int i = 0; i < W / 2; ++i) {
+      @RHS2@
+    }
+  } else {
+    #pragma omp simd
+    for (int i = 0; i < W; ++i) {
       @RHS@
+    }
   }
 }
 
@@ -380,6 +406,7 @@ CXXFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared
 def _source(p_def, layout, dtype):
     dtype = np.dtype(dtype)
     parts = rhs_source(p_def, layout, dtype)
+    parts.pop("equations")
     ctype, utype, ffi_t = (("float", "uint32_t", "F32") if dtype == np.float32
                            else ("double", "uint64_t", "F64"))
     src = _DRIVER

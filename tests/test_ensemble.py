@@ -170,3 +170,14 @@ SHARDED = textwrap.dedent("""
 
 def test_sharded_over_four_cpu_devices_equals_unsharded():
     run_on_cpu_devices(SHARDED)
+
+
+def test_kernel_hoists_parameter_and_driver_terms():
+    """The generated kernel evaluates only state-dependent equations per evaluation: the
+    parameter-only and driver-only terms of ``rate_terms`` run once per member / year."""
+    _, p = loess(jnp.float32)
+    eqs = _kernel.rhs_source(jax.tree_util.tree_structure(p), Layout(), jnp.float32)[
+        "equations"]
+    total = eqs["per_member"] + eqs["per_year"] + eqs["per_evaluation"]
+    assert eqs["per_member"] >= 10 and eqs["per_year"] >= 3, eqs
+    assert eqs["per_evaluation"] <= 0.85 * total, eqs

@@ -4,11 +4,13 @@ The default call picks the fast configuration by itself:
 
 * **Buckets.** The batch is padded (with copies of its first member) to a size bucket, eight
   per octave (at most 12.5% padding) and to a multiple of the device count, so that a study
-  whose batch sizes vary compiles a handful of shapes, not one per size.
+  whose batch sizes vary compiles a handful of shapes, not one per size.  The kernel does not
+  solve the padding (the true size is a traced operand), so it costs no kernel time.
 * **Kernel (CPU).** On a CPU device the RK4 loop runs in a C++ kernel generated from
   ``rate_terms`` (``_kernel.py``): one pass over a block of members per right-hand-side
-  evaluation, parameter- and driver-only terms hoisted, OpenMP threads over blocks.  XLA does
-  the rest (initial state, drivers, observation operators).
+  evaluation, parameter- and driver-only terms hoisted, OpenMP threads over blocks; it also
+  reports which members stayed finite (the status).  XLA does the rest (initial state,
+  drivers, observation operators).
 * **XLA (any device, or no compiler).** The batch-last state ``(D, B)`` inside ``lax.scan``,
   on CPU in chunks sized to the L2 cache (``chunk_size``); small batches (``<= SMALL_BATCH``)
   take ``vmap`` of the per-sample solve, which has fewer, smaller kernels.

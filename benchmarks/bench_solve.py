@@ -232,8 +232,8 @@ def run(args):
 
     # ---- loop kernels per right-hand-side evaluation --------------------------------------
     probe = space.sample_prior(jax.random.fold_in(key, 3), 1024, dtype=dtype)
-    hlo = _ensemble._run.lower(probe, f_dt, n_lag=3, steps_per_year=S, target=None, threads=0,
-                               chunk=None, devices=None).compile().as_text()
+    hlo = _ensemble._run.lower(probe, f_dt, 1024, n_lag=3, steps_per_year=S, target=None,
+                               threads=0, chunk=None, devices=None).compile().as_text()
     vm_hlo = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S))
                      ).lower(probe).compile().as_text()
     from regv1_jax import _kernel
@@ -246,6 +246,16 @@ def run(args):
                "loop is one XLA custom call)" if target else "kernel not available")
     print(f"  loop fusions per rhs evaluation: {result['fusions_per_rhs_evaluation']}",
           flush=True)
+    # The kernel's hoisting: scalar equations of rate_terms by what they depend on; without
+    # hoisting every one of them runs at each of the 4 S evaluations of a year.
+    eqs = _kernel.rhs_source(jax.tree_util.tree_structure(probe), layout, dtype)["equations"]
+    result["kernel_equations"] = dict(
+        eqs, before_hoisting_per_evaluation=eqs["per_member"] + eqs["per_year"]
+        + eqs["per_evaluation"], after_hoisting_per_evaluation=eqs["per_evaluation"],
+        note="per_member: parameter-only terms, once per member; per_year: terms of the "
+             "parameters and the year's drivers; hoisted_loads: values the evaluation reads "
+             "back instead of recomputing")
+    print(f"  kernel equations: {result['kernel_equations']}", flush=True)
     del probe, hlo, vm_hlo
 
     # ---- small-batch latency of the default call -----------------------------------------

@@ -4,11 +4,13 @@ The default call picks the fast configuration by itself:
 
 * **Buckets.** The batch is padded (with copies of its first member) to a size bucket, eight
   per octave (at most 12.5% padding) and to a multiple of the device count, so that a study
-  whose batch sizes vary compiles a handful of shapes, not one per size.
+  whose batch sizes vary compiles a handful of shapes, not one per size.  The kernel does not
+  solve the padding (the true size is a traced operand), so it costs no kernel time.
 * **Kernel (CPU).** On a CPU device the RK4 loop runs in a C++ kernel generated from
   ``rate_terms`` (``_kernel.py``): one pass over a block of members per right-hand-side
-  evaluation, parameter- and driver-only terms hoisted, OpenMP threads over blocks.  XLA does
-  the rest (initial state, drivers, observation operators).
+  evaluation, parameter- and driver-only terms hoisted, OpenMP threads over blocks; it also
+  reports which members stayed finite (the status).  XLA does the rest (initial state,
+  drivers, observation operators).
 * **XLA (any device, or no compiler).** The batch-last state ``(D, B)`` inside ``lax.scan``,
   on CPU in chunks sized to the L2 cache (``chunk_size``); small batches (``<= SMALL_BATCH``)
   take ``vmap`` of the per-sample solve, which has fewer, smaller kernels.
@@ -94,10 +96,13 @@ def _status(ys):
     return jnp.where(finite, OK, NONFINITE).astype(jnp.int32)
 
 
-def _observe_batch(ys, params, forcing, layout):
-    """``Simulation`` with a leading batch axis from the grid ``(G, D, B)``."""
+def _observe_batch(ys, params, forcing, layout, status=None):
+    """``Simulation`` with a leading batch axis from the grid ``(G, D, B)``; ``status``
+    (``(B,)``) from the finiteness of the grid unless given (the kernel reports it: the
+    reduction over a ``(G, D, B)`` grid is XLA's slowest pass, 80% of the observation time)."""
+    status = _status(ys) if status is None else status
     return jax.vmap(lambda y, s, q: observe(y, s, q, forcing, layout), in_axes=(2, 0, 0))(
-        ys, _status(ys), params)
+        ys, status, params)
 
 
 def _kernel_chunk(n: int) -> int | None:
@@ -113,13 +118,16 @@ def _kernel_chunk(n: int) -> int | None:
     return None
 
 
-def _kernel_solve(params, forcing, layout, steps_per_year, target, threads):
+def _kernel_solve(params, forcing, layout, steps_per_year, target, threads, nvalid):
+    """The kernel path on one device; members from ``nvalid`` on are bucket padding (not
+    solved, outputs dropped by the caller)."""
     B = jnp.shape(params.r_V)[0]
     c = _kernel_chunk(B)
     if c is not None:
         chunks = jax.tree_util.tree_map(lambda x: x.reshape(B // c, c), params)
-        out = jax.lax.map(lambda q: _kernel_solve(q, forcing, layout, steps_per_year, target,
-                                                  threads), chunks)
+        counts = jnp.clip(nvalid - c * jnp.arange(B // c), 0, c)
+        out = jax.lax.map(lambda a: _kernel_solve(a[0], forcing, layout, steps_per_year,
+                                                  target, threads, a[1]), (chunks, counts))
         return jax.tree_util.tree_map(lambda x: x.reshape((B,) + x.shape[2:]), out)
     y0 = initial_state(params, year_drivers(params, forcing), layout)  # (D, B)
     prm = jnp.stack(jax.tree_util.tree_leaves(params))  # (NP, B)
@@ -127,8 +135,9 @@ def _kernel_solve(params, forcing, layout, steps_per_year, target, threads):
     drv = jax.vmap(lambda *f: jnp.stack([jnp.broadcast_to(x, (B,))
                                          for x in jax.tree_util.tree_leaves(
                                              drivers(params, *f))]))(*per_year)  # (NY, ND, B)
-    ys = _kernel.rk4_grid(target, y0, prm, drv, steps_per_year, threads)
-    return _observe_batch(ys, params, forcing, layout)
+    ys, finite = _kernel.rk4_grid(target, y0, prm, drv, steps_per_year, threads, nvalid)
+    status = jnp.where(finite == 1, OK, NONFINITE).astype(jnp.int32)
+    return _observe_batch(ys, params, forcing, layout, status)
 
 
 def _xla_solve(params, forcing, layout, steps_per_year, chunk):
@@ -153,21 +162,27 @@ def _xla_solve(params, forcing, layout, steps_per_year, chunk):
 
 @functools.partial(jax.jit, static_argnames=("n_lag", "steps_per_year", "target", "threads",
                                              "chunk", "devices"))
-def _run(params, forcing, *, n_lag, steps_per_year, target, threads, chunk, devices):
+def _run(params, forcing, nvalid, *, n_lag, steps_per_year, target, threads, chunk, devices):
+    """``nvalid``: members before the bucket padding (traced: one compile per bucket)."""
     layout = Layout(n_lag)
     forcing = forcing.astype(params.dtype)
 
-    def local(q, f):
+    def local(q, f, n):
         if target is not None:
-            return _kernel_solve(q, f, layout, steps_per_year, target, threads)
+            return _kernel_solve(q, f, layout, steps_per_year, target, threads, n)
         return _xla_solve(q, f, layout, steps_per_year, chunk)
 
     if devices is None or len(devices) == 1:
-        return local(params, forcing)
+        return local(params, forcing, nvalid)
     mesh = Mesh(np.asarray(devices), ("batch",))
     spec = PartitionSpec("batch")
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=spec,
-                         check_vma=False)(params, forcing)
+
+    def shard(q, f, n):
+        b = jnp.shape(q.r_V)[0]
+        return local(q, f, jnp.clip(n - b * jax.lax.axis_index("batch"), 0, b))
+
+    return jax.shard_map(shard, mesh=mesh, in_specs=(spec, PartitionSpec(), PartitionSpec()),
+                         out_specs=spec, check_vma=False)(params, forcing, nvalid)
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -246,7 +261,7 @@ def simulate_ensemble(
     Bp = bucket_size(B, granule) if bucket else -(-B // granule) * granule
     if Bp != B:
         params = _pad(params, Bp)
-    out = _run(params, forcing, n_lag=n_lag, steps_per_year=steps_per_year,
+    out = _run(params, forcing, np.int32(B), n_lag=n_lag, steps_per_year=steps_per_year,
                target=target, threads=threads, chunk=chunk or None,
                devices=devices if len(devices) > 1 else None)
     return _unpad(out, B) if Bp != B else out

@@ -31,7 +31,7 @@ from ._solve import Simulation, simulate
 
 __all__ = ["fit_metrics", "local_identifiability", "regional_magnitudes", "SiteCalibration",
            "calibrate_site", "SEED_CRITERIA", "REGION_AREAS_KM2", "CORR_FLAG",
-           "correlated_pairs"]
+           "correlated_pairs", "information_eigen", "column_vif", "training_targets"]
 
 # The seed's goodness-of-fit targets.
 SEED_CRITERIA = {"R2_min": 0.7, "R2_variables": ("veg_cover_%", "SOM_%"),
@@ -163,12 +163,9 @@ def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
     F_d = (J_d.T @ J_d) / scale
     # Data information in units of the prior's (dimensionless, comparable across params).
     G = F_d * np.outer(D, D)
-    lam, V = np.linalg.eigh(G)
+    lam, V, weak, not_identified = information_eigen(G)
     lam_max = float(max(lam[-1], 0.0))
-    weak = (lam < ABS_INFO) | (lam < REL_INFO * lam_max)
     rank = int(np.sum(~weak))
-    loading = np.sum(V[:, weak] ** 2, axis=1) if weak.any() else np.zeros(k)
-    not_identified = loading > 0.5
     # Posterior covariance on the transform scale.
     w = float(cfg.prior_weight)
     if w > 0:
@@ -191,20 +188,7 @@ def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
     corr[not_identified, :] = np.nan
     corr[:, not_identified] = np.nan
     np.fill_diagonal(corr, 1.0)
-    # VIF of the data rows' sensitivity columns (centred): diag of the inverse of their
-    # correlation; infinite where the columns are (nearly) collinear or zero.
-    Jc = J_d - J_d.mean(axis=0)
-    norms = np.linalg.norm(Jc, axis=0)
-    vif = np.full(k, np.inf)
-    ok = norms > 0
-    if ok.any():
-        R = (Jc[:, ok].T @ Jc[:, ok]) / np.outer(norms[ok], norms[ok])
-        mu, U = np.linalg.eigh(R)
-        tiny = mu < 1e-14 * max(mu[-1], 1e-300)
-        vif_ok = np.sum(U**2 / np.where(tiny, np.nan, mu), axis=1)
-        vif_ok = np.where(np.sum(U[:, tiny] ** 2, axis=1) > 1e-6, np.inf, vif_ok) \
-            if tiny.any() else vif_ok
-        vif[ok] = vif_ok
+    vif = column_vif(J_d)
     out_params = {}
     ci = {}
     for i, sp in enumerate(specs):
@@ -247,10 +231,46 @@ def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
             "rank": rank, "n_params": k, "pairs": pairs,
             "chi2": chi2, "dof": dof, "chi2_dof": chi2_dof, "residual_variance_scale": scale,
             "n_data_rows": n_rows, "prior_weight": w,
+            "information_eigenvalues": lam.tolist(),
+            "information_eigenvectors": V.tolist(),
             "basis": "Jacobian of the data rows (observed cells and event constraints) on "
             "each parameter's transform scale; correlation and VIF from the data rows only; "
             "data information scaled by max(1, chi2/dof); posterior adds the prior's "
             "information times the prior weight"}
+
+
+def information_eigen(G):
+    """Eigen-directions of an information matrix ``G`` (ascending eigenvalues ``lam``,
+    eigenvectors in the columns of ``V``); ``weak``: directions with information below
+    ``ABS_INFO`` or ``REL_INFO`` times the largest; ``not_identified``: parameters whose
+    loading (sum of squared eigenvector components) on the weak directions exceeds 0.5."""
+    lam, V = np.linalg.eigh(np.asarray(G, float))
+    lam_max = float(max(lam[-1], 0.0))
+    weak = (lam < ABS_INFO) | (lam < REL_INFO * lam_max)
+    loading = np.sum(V[:, weak] ** 2, axis=1) if weak.any() else np.zeros(lam.size)
+    return lam, V, weak, loading > 0.5
+
+
+def column_vif(M) -> np.ndarray:
+    """Variance inflation factors of the columns of ``M`` (centred): the diagonal of the
+    inverse of their correlation matrix, 1 / (1 - R_j^2) of column j regressed on the
+    others; infinite where a column is zero or (nearly) a combination of the others.  For
+    the Jacobian of the data rows (sensitivity columns) or a sample of parameter vectors
+    (rows: draws)."""
+    M = np.asarray(M, float)
+    Jc = M - M.mean(axis=0)
+    norms = np.linalg.norm(Jc, axis=0)
+    vif = np.full(M.shape[1], np.inf)
+    ok = norms > 0
+    if ok.any():
+        R = (Jc[:, ok].T @ Jc[:, ok]) / np.outer(norms[ok], norms[ok])
+        mu, U = np.linalg.eigh(R)
+        tiny = mu < 1e-14 * max(mu[-1], 1e-300)
+        vif_ok = np.sum(U**2 * np.where(tiny, 0.0, 1.0 / np.where(tiny, 1.0, mu)), axis=1)
+        vif_ok = np.where(np.sum(U[:, tiny] ** 2, axis=1) > 1e-6, np.inf, vif_ok) \
+            if tiny.any() else vif_ok
+        vif[ok] = vif_ok
+    return vif
 
 
 def correlated_pairs(names, corr, threshold: float | None = None) -> list[dict]:
@@ -487,6 +507,18 @@ def _criteria(metrics: dict) -> dict:
         out["holdout rRMSE <= 20%"] = {"value": None, "pass": None,
                                       "note": "no observations in the holdout years"}
     return out
+
+
+def training_targets(obs: Observations, forcing: Forcing, holdout, dtype=None) -> Targets:
+    """The targets a site calibration fits: spreads from the training cells only and every
+    cell of the ``holdout`` years (a ``(first, last)`` pair or None) masked out, as in
+    :func:`calibrate_site` (for analyses that refit a finished calibration)."""
+    years = np.asarray(forcing.years)
+    keep = np.ones(len(years), bool)
+    if holdout is not None:
+        keep &= ~((years >= holdout[0]) & (years <= holdout[1]))
+    targets = make_targets(obs, forcing, dtype=dtype, sigma_years=keep)
+    return targets.with_mask(jnp.asarray(keep))
 
 
 def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Observations,

@@ -798,5 +798,11 @@ def sobol(region, site, qoi, params_subset, n_base, second_order, dgsm_n, seed, 
 bootstrap.epilog = CACHE_HELP
 main.add_command(bootstrap)
 
+# regv1 profile, regv1 identify (issue 11): bodies in _cli_profile.py.
+from ._cli_profile import register as _register_profile  # noqa: E402
+
+_register_profile(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

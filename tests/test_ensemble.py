@@ -100,7 +100,7 @@ def test_kernel_is_the_cpu_default_and_one_custom_call():
     draws = _draws(64, jnp.float64)
     f = yanhe_forcing().astype(jnp.float64)
     target = _kernel.target(draws, Layout(), jnp.float64)
-    hlo = _ensemble._run.lower(draws, f, n_lag=3, steps_per_year=12, target=target,
+    hlo = _ensemble._run.lower(draws, f, 64, n_lag=3, steps_per_year=12, target=target,
                                threads=1, chunk=None, devices=None).compile().as_text()
     # The whole time loop is one call of the generated kernel; no XLA loop over time steps
     # (the only loop left is the bisection of the initial soil moisture).
@@ -118,7 +118,7 @@ def test_xla_path_fuses_each_rk4_step():
     """
     draws = _draws(256, jnp.float32)
     f = yanhe_forcing().astype(jnp.float32)
-    hlo = _ensemble._run.lower(draws, f, n_lag=3, steps_per_year=12, target=None,
+    hlo = _ensemble._run.lower(draws, f, 256, n_lag=3, steps_per_year=12, target=None,
                                threads=0, chunk=None, devices=None).compile().as_text()
     per_eval = _ensemble.loop_body_fusions(hlo) / (4 * 12)
     assert 1 <= per_eval <= 40, per_eval
@@ -170,3 +170,14 @@ SHARDED = textwrap.dedent("""
 
 def test_sharded_over_four_cpu_devices_equals_unsharded():
     run_on_cpu_devices(SHARDED)
+
+
+def test_kernel_hoists_parameter_and_driver_terms():
+    """The generated kernel evaluates only state-dependent equations per evaluation: the
+    parameter-only and driver-only terms of ``rate_terms`` run once per member / year."""
+    _, p = loess(jnp.float32)
+    eqs = _kernel.rhs_source(jax.tree_util.tree_structure(p), Layout(), jnp.float32)[
+        "equations"]
+    total = eqs["per_member"] + eqs["per_year"] + eqs["per_evaluation"]
+    assert eqs["per_member"] >= 10 and eqs["per_year"] >= 3, eqs
+    assert eqs["per_evaluation"] <= 0.85 * total, eqs

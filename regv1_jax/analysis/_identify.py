@@ -1,0 +1,300 @@
+"""Identifiability from the data rows at the optimum and from a sample of parameter vectors.
+
+Two sources, one result (:class:`Identifiability`):
+
+* **data rows** (:func:`identify_data`): ``_fit.local_identifiability`` at the estimate
+  (Jacobian of the data and event rows on each parameter's transform scale, data-only
+  correlation and VIF); the information matrix is the Fisher matrix ``J^T J`` of those rows
+  (scaled by ``max(1, chi2/dof)``) in units of the prior's information: ``G = D F D`` with
+  ``D`` the prior sd on the transform scale, so that eigenvalues are dimensionless and
+  comparable across parameters (an eigenvalue below 1: the data constrain that combination
+  less than the prior does).
+* **a sample** (:func:`identify_sample`), e.g. bootstrap replicates: correlation and VIF of
+  the columns on the transform scale (log for log-transformed parameters); the information
+  matrix is the inverse of the sample covariance in the same prior units (for replicates of
+  a MAP fit it includes the prior's own information, 1 per direction at prior weight 1).
+
+The sloppy subspace: the eigenvectors of ``G`` with the smallest eigenvalues, with their
+loadings on the parameters.  Flags: ``|r| > 0.9`` (``CORR_FLAG``) and ``VIF > 10``.
+
+Replicates file (the bootstrap's output contract): CSV with a header, one column per
+parameter (named as in ``priors_seed.json``, physical units), one row per replicate; other
+columns are ignored except an optional ``status`` (rows whose status is not ``0``/``ok``
+are dropped and counted).  Or NPZ with ``replicates`` (n, p), ``names`` (p,) and an
+optional ``status`` (n,).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .._fit import (
+    CORR_FLAG,
+    column_vif,
+    correlated_pairs,
+    information_eigen,
+    local_identifiability,
+)
+from .._params import ParamSpace
+from .._report import _num
+
+__all__ = ["VIF_FLAG", "Identifiability", "identify_data", "identify_sample",
+           "read_replicates", "write_identify", "report_fragment"]
+
+VIF_FLAG = 10.0
+N_SLOPPY = 3  # directions listed by default (smallest information first)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identifiability:
+    """Correlation, VIF and information eigen-directions of ``names`` from one source."""
+
+    source: str  # "data" or "sample"
+    names: tuple[str, ...]
+    corr: np.ndarray  # (k, k); NaN for parameters the data do not identify
+    vif: np.ndarray  # (k,)
+    information: np.ndarray  # (k,) ascending, prior units
+    directions: np.ndarray  # (k, k): column j is the direction of information[j]
+    n: int  # data rows, or replicates used
+    notes: tuple[str, ...] = ()
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def pairs(self) -> list[dict]:
+        return correlated_pairs(list(self.names), self.corr)
+
+    def vif_flags(self) -> list[str]:
+        return [n for n, v in zip(self.names, self.vif) if not v <= VIF_FLAG]
+
+    def sloppy(self, n: int = N_SLOPPY) -> list[dict]:
+        """The ``n`` least-informed directions: information, ``weak`` (< 1: less than the
+        prior's), the largest loadings first; a direction's sign is arbitrary (fixed here
+        so that its largest loading is positive)."""
+        out = []
+        for j in range(min(n, len(self.names))):
+            v = self.directions[:, j]
+            v = v * np.sign(v[np.argmax(np.abs(v))])
+            order = np.argsort(-np.abs(v))
+            out.append({"direction": j + 1, "information": float(self.information[j]),
+                        "weak": bool(self.information[j] < 1.0),
+                        "loadings": {self.names[i]: float(v[i]) for i in order}})
+        return out
+
+    def summary(self, n_sloppy: int = N_SLOPPY) -> dict:
+        return {"source": self.source, "names": list(self.names), "n": self.n,
+                "pairs_abs_r_gt_0.9": [p for p in self.pairs() if p["flag"]],
+                "seed_pairs": [p for p in self.pairs() if not p["flag"]],
+                "VIF": {n: float(v) for n, v in zip(self.names, self.vif)},
+                "VIF_gt_10": self.vif_flags(),
+                "information_eigenvalues": [float(x) for x in self.information],
+                "sloppy": self.sloppy(n_sloppy), "notes": list(self.notes), **self.extra}
+
+
+def identify_data(space: ParamSpace, params, forcing, targets, names, cfg,
+                  events: bool = True) -> Identifiability:
+    """From the data rows at the estimate ``params`` (``local_identifiability``)."""
+    d = local_identifiability(space, params, forcing, targets, names, cfg, events=events)
+    extra = {k: d[k] for k in ("chi2_dof", "residual_variance_scale", "rank",
+                               "condition_number", "basis")}
+    extra["not_identified"] = [n for n in names if d["params"][n]["not_identified"]]
+    return Identifiability("data", tuple(names), np.asarray(d["corr"], float),
+                           np.asarray(d["VIF"], float),
+                           np.asarray(d["information_eigenvalues"], float),
+                           np.asarray(d["information_eigenvectors"], float),
+                           int(d["n_data_rows"]), extra=extra)
+
+
+def _to_transform_scale(space: ParamSpace, names, X):
+    X = np.asarray(X, float)
+    out, D = np.empty_like(X), np.empty(len(names))
+    for j, n in enumerate(names):
+        sp = space.spec(n)
+        x = X[:, j]
+        x_bar = float(np.mean(x))
+        out[:, j] = np.log(x) if sp.transform_scale == "log" else x
+        # The prior sd (on the prior's scale) carried to the transform scale at the mean.
+        if sp.scale == sp.transform_scale:
+            D[j] = sp.prior_sd
+        elif sp.transform_scale == "log":  # prior linear: d log x = dx / x
+            D[j] = sp.prior_sd / x_bar
+        else:  # prior log, transform linear: dx = x d log x
+            D[j] = sp.prior_sd * x_bar
+    return out, D
+
+
+def identify_sample(X, names, space: ParamSpace, dropped: int = 0) -> Identifiability:
+    """From a sample ``X`` (n, k) of parameter vectors (physical units, one column per name;
+    e.g. bootstrap replicates).  Rows with a non-finite or out-of-bounds value are dropped
+    and counted; parameters that do not vary in the sample are left out (noted)."""
+    names = list(names)
+    X = np.asarray(X, float)
+    if X.ndim != 2 or X.shape[1] != len(names):
+        raise ValueError(f"sample of shape {X.shape} for {len(names)} parameters")
+    notes = []
+    lo = np.array([space.spec(n).bound_lower for n in names])
+    hi = np.array([space.spec(n).bound_upper for n in names])
+    good = np.all(np.isfinite(X) & (X >= lo) & (X <= hi), axis=1)
+    if (~good).any():
+        notes.append(f"{int(np.sum(~good))} rows with non-finite or out-of-bounds values "
+                     "dropped")
+    X = X[good]
+    varying = np.ptp(X, axis=0) > 0 if X.size else np.zeros(len(names), bool)
+    if (~varying).any():
+        notes.append("constant in the sample (left out): "
+                     + ", ".join(n for n, v in zip(names, varying) if not v))
+    names = [n for n, v in zip(names, varying) if v]
+    X = X[:, varying]
+    if len(names) < 2 or X.shape[0] < len(names) + 2:
+        raise ValueError(f"{X.shape[0]} usable rows for {len(names)} varying parameters: "
+                         "need at least 2 parameters and parameters + 2 rows")
+    if dropped:
+        notes.append(f"{dropped} replicates not converged (status) dropped")
+    Z, D = _to_transform_scale(space, names, X)
+    corr = np.corrcoef(Z, rowvar=False)
+    C = np.cov(Z / D, rowvar=False)
+    lam, V, weak, _ = information_eigen(np.linalg.pinv(C, hermitian=True))
+    return Identifiability("sample", tuple(names), corr, column_vif(Z), lam, V, X.shape[0],
+                           tuple(notes), extra={"weak_directions": int(np.sum(weak)),
+                                                "basis": "sample correlation, VIF and "
+                                                "inverse covariance on each parameter's "
+                                                "transform scale, in prior-sd units"})
+
+
+def read_replicates(path, space: ParamSpace) -> tuple[np.ndarray, list[str], int]:
+    """``(X, names, n_dropped)`` from a replicates CSV or NPZ (module docstring)."""
+    path = Path(path)
+    known = [s.name for s in space.specs]
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                X = np.asarray(z["replicates"], float)
+                names = [str(n) for n in z["names"]]
+                status = np.asarray(z["status"]) if "status" in z.files else None
+        except (KeyError, ValueError, OSError) as err:
+            raise ValueError(f"{path}: not a replicates NPZ (arrays 'replicates', 'names'; "
+                             f"{err})") from None
+        if X.ndim != 2 or X.shape[1] != len(names):
+            raise ValueError(f"{path}: 'replicates' has shape {X.shape}, 'names' {len(names)}")
+    else:
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a readable CSV ({err})") from None
+        names = [c for c in df.columns if c in known]
+        try:
+            X = df[names].to_numpy(float)
+        except ValueError as err:
+            raise ValueError(f"{path}: non-numeric parameter values ({err})") from None
+        status = df["status"].to_numpy() if "status" in df.columns else None
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"{path}: unknown parameter(s) {unknown}")
+    if len(names) < 2:
+        raise ValueError(f"{path}: needs columns for at least two parameters (names as in "
+                         f"priors_seed.json, e.g. r_V, K_V); found {names}")
+    dropped = 0
+    if status is not None:
+        ok = np.array([str(s).strip().lower() in ("0", "ok", "0.0") for s in status])
+        dropped = int(np.sum(~ok))
+        X = X[ok]
+    return X, names, dropped
+
+
+def _matrix_rows(ident: Identifiability):
+    return [{"source": ident.source, "parameter": n,
+             **{m: float(ident.corr[i, j]) for j, m in enumerate(ident.names)}}
+            for i, n in enumerate(ident.names)]
+
+
+def plot_correlations(idents, path, title: str = ""):
+    """Heat map of each source's correlation matrix; |r| > 0.9 cells outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    k = max(len(i.names) for i in idents)
+    fig, axes = plt.subplots(1, len(idents), squeeze=False,
+                             figsize=(len(idents) * (1.8 + 0.45 * k), 1.6 + 0.45 * k))
+    for ax, ident in zip(axes[0], idents):
+        names, C = list(ident.names), ident.corr
+        im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{C[i, j]:.2f}" if np.isfinite(C[i, j]) else "n.i.",
+                        ha="center", va="center", fontsize=6)
+                if i != j and np.isfinite(C[i, j]) and abs(C[i, j]) > CORR_FLAG:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.8,
+                                           edgecolor="k"))
+        what = ("data rows at the estimate (Gauss-Newton)" if ident.source == "data"
+                else f"sample of {ident.n} replicates")
+        ax.set_title(f"correlation, {what}", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8).set_label("r (dimensionless)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_identify(idents, folder, settings: dict, title: str = "") -> list[str]:
+    """correlation.csv, vif.csv, sloppy.csv (one block per source, column ``source``),
+    identify.json and correlation.png into ``folder``; returns the file names."""
+    import pandas as pd
+
+    folder = Path(folder)
+    pd.DataFrame([r for i in idents for r in _matrix_rows(i)]).to_csv(
+        folder / "correlation.csv", index=False, float_format="%.6g")
+    pd.DataFrame([{"source": i.source, "parameter": n, "VIF": float(v),
+                   "flag_VIF_gt_10": bool(not v <= VIF_FLAG)}
+                  for i in idents for n, v in zip(i.names, i.vif)]).to_csv(
+        folder / "vif.csv", index=False, float_format="%.6g")
+    rows = []
+    for i in idents:
+        for j in range(len(i.names)):
+            v = i.directions[:, j]
+            v = v * np.sign(v[np.argmax(np.abs(v))])
+            rows.append({"source": i.source, "direction": j + 1,
+                         "information": float(i.information[j]),
+                         "weak": bool(i.information[j] < 1.0),
+                         **{n: float(x) for n, x in zip(i.names, v)}})
+    pd.DataFrame(rows).to_csv(folder / "sloppy.csv", index=False, float_format="%.6g")
+    doc = {"settings": settings, "flags": {"abs_r_gt": CORR_FLAG, "VIF_gt": VIF_FLAG},
+           "results": [i.summary() for i in idents],
+           "schema": {
+               "correlation.csv": "source (data|sample), parameter, then one column per "
+               "parameter: correlation coefficient (NaN: not identified by the data)",
+               "vif.csv": "source, parameter, VIF, flag_VIF_gt_10",
+               "sloppy.csv": "source, direction (1 = least information), information "
+               "(eigenvalue in units of the prior's information), weak (< 1), then the "
+               "direction's loading on each parameter (unit vector on the transform scale "
+               "in prior-sd units)"}}
+    (folder / "identify.json").write_text(json.dumps(_num(doc), indent=2))
+    plot_correlations(idents, folder / "correlation.png", title)
+    return ["correlation.csv", "vif.csv", "sloppy.csv", "identify.json", "correlation.png"]
+
+
+
+def report_fragment(idents) -> str:
+    """A markdown section for the calibrate report: per source the flagged pairs, the VIF
+    flags and the least-informed direction."""
+    lines = ["## Identifiability", "",
+             "| source | abs(r) > 0.9 | VIF > 10 | least-informed direction (information) |",
+             "|---|---|---|---|"]
+    for i in idents:
+        pairs = ", ".join(f"{a}-{b} ({r:+.2f})" for (a, b), r in
+                          ((p["pair"], p["corr"]) for p in i.pairs() if p["flag"])) or "none"
+        top = i.sloppy(1)[0]
+        load = ", ".join(f"{n} {v:+.2f}" for n, v in list(top["loadings"].items())[:3])
+        lines.append(f"| {i.source} (n = {i.n}) | {pairs} | {', '.join(i.vif_flags()) or 'none'}"
+                     f" | {load} ({top['information']:.3g}) |")
+    return "\n".join(lines + ["", "Information in units of the prior's: below 1 the data "
+                              "constrain that combination less than the prior does.", ""])

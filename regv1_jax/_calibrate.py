@@ -85,7 +85,8 @@ SEED_STAGES: tuple[Stage, ...] = (
     Stage("e_joint", ("r_V", "K_V", "a1", "a2", "lambda1", "lambda2", "eta1", "gamma",
                       "b_V", "c_E", "omega_E", "k_E"),
           TARGET_VARIABLES, events=True,
-          description="(e) joint polish of every staged parameter from the staged values "
+          description="(e) joint polish, from the staged values, of every staged parameter "
+          "that its own stage fitted (those an earlier stage skipped or held stay kept) "
           "(our addition: removes the bias of fitting (a) with (c)'s parameters at prior)"),
 )
 
@@ -279,6 +280,8 @@ class StageResult:
 
     ``fitted``: the free parameters the data moved; ``held``: free parameters held at
     their incoming values because no data row of the stage is sensitive to them;
+    ``kept``: free parameters kept at their incoming values because an earlier stage that
+    had them free did not fit them (skipped, failed or held there);
     ``status``: a key of ``STAGE_STATUS``; ``note``: what happened, in words."""
 
     name: str
@@ -303,6 +306,7 @@ class StageResult:
     status: str = "ok"
     note: str = ""
     n_constraints: int = 0
+    kept: tuple[str, ...] = ()  # free here, kept: an earlier stage could not fit them
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -559,17 +563,25 @@ def stage_results(space: ParamSpace, stages: tuple[Stage, ...], base: Params, fi
         n_obs = sum(counts[v] for v in st.variables)
         n_con = int(f.n_constraints[i])
         status = code_name[int(f.status[i])]
-        if status in ("skipped", "failed"):
-            why = (_skip_reason(st, n_con) if status == "skipped" else
-                   "every start diverged (failed solve or non-finite loss): parameters left "
-                   "at their incoming values")
-            out.append(StageResult(st.name, st.free, start_values, start_values, n_obs,
-                                   skipped=why, status=status, note=why, held=st.free,
-                                   n_constraints=n_con))
-            continue
         pick = (lambda row: tuple(n for n, j in zip(st.free, idx) if row[j]))  # noqa: E731
+        kept = pick(f.kept[i])
+        kept_note = (f"kept from earlier stages, which could not fit them: {', '.join(kept)}"
+                     if kept else "")
+        if status in ("skipped", "failed"):
+            if status == "failed":
+                why = ("every start diverged (failed solve or non-finite loss): parameters "
+                       "left at their incoming values")
+            elif len(kept) == len(st.free):
+                why = f"no free parameter left ({kept_note})"
+            else:
+                why = _skip_reason(st, n_con)
+            out.append(StageResult(st.name, st.free, start_values, start_values, n_obs,
+                                   skipped=why, status=status, note=why,
+                                   held=tuple(n for n in st.free if n not in kept),
+                                   n_constraints=n_con, kept=kept))
+            continue
         held, at_bound, fitted = pick(f.held[i]), pick(f.at_bound[i]), pick(f.fitted[i])
-        notes = []
+        notes = [kept_note] if kept else []
         if held:
             notes.append(f"held at incoming values (no data sensitivity): {', '.join(held)}")
         if n_con < len(st.free):
@@ -588,7 +600,7 @@ def stage_results(space: ParamSpace, stages: tuple[Stage, ...], base: Params, fi
             dropped_starts=tuple(int(k) for k in np.flatnonzero(~finite)),
             start_losses=tuple(float(x) for x in f.start_losses[i]),
             fitted=fitted, held=held, at_bound=at_bound, status=status,
-            note="; ".join(notes), n_constraints=n_con))
+            note="; ".join(notes), n_constraints=n_con, kept=kept))
     return out
 
 

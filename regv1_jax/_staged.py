@@ -80,6 +80,10 @@ class FitResult(eqx.Module):
     held: Bool[Array, "stages n_params"]  # free, but no data row sensitive: held
     at_bound: Bool[Array, "stages n_params"]  # fitted and within 0.1% of a bound
     n_constraints: Int[Array, " stages"]  # observed cells of its variables (+ events)
+    # Free in the config but kept at their incoming values because an earlier stage that
+    # had them free did not fit them (skipped, failed or held there): a later (joint)
+    # stage does not move what the data of its own stage could not identify.
+    kept: Bool[Array, "stages n_params"]
 
 
 class StagedProblem(eqx.Module):
@@ -155,14 +159,17 @@ def fit_staged(base: Params, problem: StagedProblem, forcing: Forcing, targets: 
     n_trace = settings.adam_steps + settings.second_steps + (
         1 if settings.optimizer == "lbfgs" else 0)
 
-    def stage(x_in, xs):
-        mask_vec, var_w, ev_w, draws = xs
+    def stage(carry, xs):
+        x_in, ruled_out = carry
+        mask_cfg, var_w, ev_w, draws = xs
+        kept = mask_cfg & ruled_out
+        mask_vec = mask_cfg & ~ruled_out
         mask = _unstack(space, mask_vec)
         base_s = _unstack(space, x_in)
         u_in = _stack(space, space.to_unconstrained(base_s))
         n_con = jnp.sum(jnp.where(var_w > 0, counts, 0)) + jnp.where(ev_w > 0, n_ev, 0)
         n_free = jnp.sum(mask_vec)
-        skip = (n_con == 0) | ((n_con < n_free) & (prior_w <= 0))
+        skip = (n_con == 0) | ((n_con < n_free) & (prior_w <= 0)) | (n_free == 0)
 
         def res(u):
             return _residuals(u, base_s, mask, var_w, ev_w, prior_w, forcing, targets, space,
@@ -231,17 +238,20 @@ def fit_staged(base: Params, problem: StagedProblem, forcing: Forcing, targets: 
                jnp.where(ran, gnorm, nan), jnp.where(ran, dloss, nan),
                jnp.where(skip, nan, final), finite | skip,
                jnp.where(ran, mask_vec & ~fitted, mask_vec), at_bound & ran,
-               n_con.astype(jnp.int32))
-        return x_out, out
+               n_con.astype(jnp.int32), kept)
+        # Free here but not fitted: later stages keep them (fitted ones are released).
+        ruled_out = (ruled_out | mask_vec) & ~(fitted & ran)
+        return (x_out, ruled_out), out
 
-    x_fin, outs = jax.lax.scan(
-        stage, x_base, (problem.masks, problem.var_w, problem.ev_w, problem.starts))
+    (x_fin, _), outs = jax.lax.scan(
+        stage, (x_base, jnp.zeros(x_base.shape, bool)),
+        (problem.masks, problem.var_w, problem.ev_w, problem.starts))
     (codes, losses, bests, fitted, n_it, values, loss0, gnorm, dloss, start_losses, finite,
-     held, at_bound, n_con) = outs
+     held, at_bound, n_con, kept) = outs
     params = _unstack(space, x_fin)
     u_fin = _stack(space, space.to_unconstrained(params))
     return FitResult(u_fin, params, codes, losses, bests, fitted, n_it, values, loss0, gnorm,
-                     dloss, start_losses, finite, held, at_bound, n_con)
+                     dloss, start_losses, finite, held, at_bound, n_con, kept)
 
 
 def cell_weights(targets: Targets, dtype=jnp.float64) -> Float[Array, " cells"]:

@@ -300,8 +300,9 @@ def test_real_gauge_record_calibrates_end_to_end(tmp_path, cfg_file):
     src = src[src["location"] == "Kuye-Wenjiachuan"].set_index("year")
     fit = pd.read_csv(out / "fit.csv")
     q = fit[(fit["variable"] == "runoff_mm") & fit["observed"].notna()].set_index("year")
+    # fit.csv writes 6 significant digits (the exact numbers: the fast test above).
     np.testing.assert_allclose(q["observed"], src.loc[q.index, "runoff_m3"] / 8645e3,
-                               rtol=1e-9)
+                               rtol=1e-5)
     metrics = json.loads((out / "metrics.json").read_text())
     st = {s["name"]: s for s in metrics["stages"]}
     assert st["a_vegetation"]["status"] == "skipped"

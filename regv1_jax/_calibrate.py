@@ -16,7 +16,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,7 +85,8 @@ SEED_STAGES: tuple[Stage, ...] = (
     Stage("e_joint", ("r_V", "K_V", "a1", "a2", "lambda1", "lambda2", "eta1", "gamma",
                       "b_V", "c_E", "omega_E", "k_E"),
           TARGET_VARIABLES, events=True,
-          description="(e) joint polish of every staged parameter from the staged values "
+          description="(e) joint polish, from the staged values, of every staged parameter "
+          "that its own stage fitted (those an earlier stage skipped or held stay kept) "
           "(our addition: removes the bias of fitting (a) with (c)'s parameters at prior)"),
 )
 
@@ -111,7 +111,7 @@ class CalibrationConfig:
     holdout: tuple[int, int] | str | None = "auto"  # "auto": last ~20% of observed years
     seed: int = 0
     prior_weight: float = 1.0  # 0: plain weighted least squares (twin experiments)
-    initial_state: str = "data"  # V0, SOM0 from the first year's observation, else prior
+    initial_state: str = "auto"  # V0, SOM0: first year's observation, else fitted, else prior
     events: EventConstraints = SEED_EVENTS
 
 
@@ -190,9 +190,12 @@ CONFIG_KEYS: dict[str, tuple[str, Callable]] = {
              _int_at_least(0)),
     "prior_weight": ("weight of the prior penalty (number >= 0; 0: plain weighted least "
                      "squares)", _number(0, strict=False)),
-    "initial_state": ("\"data\": V0 and SOM0 from the cover and SOM observed in the first "
-                      "simulated year (where observed; else the prior), or \"prior\"",
-                      _one_of("data", "prior")),
+    "initial_state": ("V0 and SOM0: \"auto\" (default: from the cover and SOM observed in "
+                      "the first simulated year; where not observed there, fitted - V0 in "
+                      "the first stage fitting cover, SOM0 in the first fitting SOM - when "
+                      "observed in other training years; else the prior), \"data\" (first "
+                      "year's observation, else the prior), \"fit\" (always fitted where "
+                      "observed) or \"prior\"", _one_of("auto", "data", "fit", "prior")),
 }
 
 
@@ -277,6 +280,8 @@ class StageResult:
 
     ``fitted``: the free parameters the data moved; ``held``: free parameters held at
     their incoming values because no data row of the stage is sensitive to them;
+    ``kept``: free parameters kept at their incoming values because an earlier stage that
+    had them free did not fit them (skipped, failed or held there);
     ``status``: a key of ``STAGE_STATUS``; ``note``: what happened, in words."""
 
     name: str
@@ -301,6 +306,7 @@ class StageResult:
     status: str = "ok"
     note: str = ""
     n_constraints: int = 0
+    kept: tuple[str, ...] = ()  # free here, kept: an earlier stage could not fit them
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -529,176 +535,126 @@ def _levenberg_marquardt(res, u0, S, cfg):
     return u0 + S @ v, trace, S @ (J.T @ r), it, sens
 
 
-@eqx.filter_jit
-def _multistart(u0s, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg):
-    """Every start at once (``vmap``).  All stages share this one trace: which parameters
-    are free and which variables count are data (masks and weights), not structure."""
-    mask_vec = _stack(space, mask)
-
-    def loss(u):
-        r = _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg,
-                       "checkpoint")
-        return 0.5 * jnp.sum(r**2)
-
-    if cfg.optimizer == "lbfgs":
-        n_it = jnp.asarray(cfg.adam_steps + cfg.second_steps)
-        # No Jacobian here: every free coordinate counts as sensitive.
-        sens = jnp.where(mask_vec, 1.0, 0.0).astype(u0s.dtype)
-        return jax.vmap(lambda u0: (*_optimise(loss, u0, mask_vec, cfg), n_it, sens))(u0s)
-
-    # Selection matrix of the free coordinates, padded to MAX_FREE columns (data, not
-    # structure: one trace for every stage).
-    idx = jnp.cumsum(mask_vec) - 1
-    S = jnp.where(mask_vec[:, None] & (idx[:, None] == jnp.arange(MAX_FREE)[None, :]), 1.0,
-                  0.0).astype(u0s.dtype)
-    fwd = "checkpoint" if cfg.method == "rk4" else "forward"
-
-    def res(u):
-        return _residuals(u, base, mask, var_w, ev_w, prior_w, forcing, targets, space, cfg,
-                          fwd)
-
-    def one(u0):
-        u, t_adam = _adam(loss, u0, mask_vec, cfg)
-        u, t_lm, g, it, sens = _levenberg_marquardt(res, u, S, cfg)
-        return u, jnp.concatenate([t_adam, t_lm]), g, cfg.adam_steps + it, sens
-
-    return jax.vmap(one)(u0s)
+def _skip_reason(stage: Stage, n_constraints: int) -> str:
+    if n_constraints == 0:
+        return (f"no observations for {', '.join(stage.variables)}: parameters left at "
+                "their incoming (prior) values")
+    return (f"{n_constraints} observations for {len(stage.free)} free parameters "
+            f"({', '.join(stage.free)}) and no prior penalty (prior_weight 0): parameters "
+            "left at their incoming values")
 
 
-def _at_bound(space: ParamSpace, p: Params, names, margin: float = 1e-3) -> tuple[str, ...]:
-    """Names whose value lies within ``margin`` of the physical range (transform scale) of
-    a bound."""
+def stage_results(space: ParamSpace, stages: tuple[Stage, ...], base: Params, fit,
+                  targets: Targets) -> list[StageResult]:
+    """The report records of a ``fit_staged`` result (host numbers, no compute)."""
+    from ._staged import CODES
+
+    code_name = {v: k for k, v in CODES.items()}
+    names = [sp.name for sp in space.specs]
+    f = jax.tree_util.tree_map(np.asarray, fit)
+    counts = targets.count()
+    x_prev = np.asarray(_stack(space, base))
     out = []
-    for n in names:
-        sp = space.spec(n)
-        x = float(getattr(p, n))
-        if sp.transform_scale == "log":
-            lo, hi, x = np.log(sp.bound_lower), np.log(sp.bound_upper), np.log(max(x, 1e-300))
-        else:
-            lo, hi = sp.bound_lower, sp.bound_upper
-        if min(x - lo, hi - x) <= margin * (hi - lo):
-            out.append(n)
-    return tuple(out)
+    for i, st in enumerate(stages):
+        idx = [names.index(n) for n in st.free]
+        start_values = {n: float(x_prev[j]) for n, j in zip(st.free, idx)}
+        x_prev = f.values[i]
+        values = {n: float(x_prev[j]) for n, j in zip(st.free, idx)}
+        n_obs = sum(counts[v] for v in st.variables)
+        n_con = int(f.n_constraints[i])
+        status = code_name[int(f.status[i])]
+        pick = (lambda row: tuple(n for n, j in zip(st.free, idx) if row[j]))  # noqa: E731
+        kept = pick(f.kept[i])
+        kept_note = (f"kept from earlier stages, which could not fit them: {', '.join(kept)}"
+                     if kept else "")
+        if status in ("skipped", "failed"):
+            if status == "failed":
+                why = ("every start diverged (failed solve or non-finite loss): parameters "
+                       "left at their incoming values")
+            elif len(kept) == len(st.free):
+                why = f"no free parameter left ({kept_note})"
+            else:
+                why = _skip_reason(st, n_con)
+            out.append(StageResult(st.name, st.free, start_values, start_values, n_obs,
+                                   skipped=why, status=status, note=why,
+                                   held=tuple(n for n in st.free if n not in kept),
+                                   n_constraints=n_con, kept=kept))
+            continue
+        held, at_bound, fitted = pick(f.held[i]), pick(f.at_bound[i]), pick(f.fitted[i])
+        notes = [kept_note] if kept else []
+        if held:
+            notes.append(f"held at incoming values (no data sensitivity): {', '.join(held)}")
+        if n_con < len(st.free):
+            notes.append(f"{n_con} constraints for {len(st.free)} free parameters: the prior "
+                         "penalty determines what the data do not")
+        if at_bound:
+            notes.append(f"at the physical bound: {', '.join(at_bound)} (no convergence "
+                         "claimed)")
+        finite = f.finite_starts[i]
+        out.append(StageResult(
+            st.name, st.free, values, start_values, n_obs,
+            iterations=int(f.n_iter[i]), final_loss=float(f.loss[i]),
+            initial_loss=float(f.initial_loss[i]), grad_norm=float(f.grad_norm[i]),
+            loss_change=float(f.loss_change[i]), converged=status == "ok",
+            best_start=int(f.best_start[i]), n_starts=len(finite),
+            dropped_starts=tuple(int(k) for k in np.flatnonzero(~finite)),
+            start_losses=tuple(float(x) for x in f.start_losses[i]),
+            fitted=fitted, held=held, at_bound=at_bound, status=status,
+            note="; ".join(notes), n_constraints=n_con, kept=kept))
+    return out
+
+
+def _fit_stages(space: ParamSpace, stages: tuple[Stage, ...], params: Params,
+                forcing: Forcing, targets: Targets, cfg: CalibrationConfig, key,
+                progress=None) -> tuple[Params, list[StageResult]]:
+    """Checks (raising :class:`CalibrationError` before any compute), one call of the pure
+    jitted ``fit_staged``, and the report records."""
+    from ._staged import cell_weights, fit_staged, staged_problem
+
+    settings = _Settings.of(cfg)
+    dtype = params.dtype
+    # Padded to the seed's stage count with empty (skipped, free) stages: configs with
+    # fewer stages share the compiled fit.
+    problem = staged_problem(space, stages, cfg.n_starts, key, dtype=dtype,
+                             optimizer=cfg.optimizer, pad_to=len(SEED_STAGES))
+    if progress:
+        progress(f"staged fit: {len(stages)} stage(s) in one compiled call "
+                 f"({', '.join(st.name for st in stages)})")
+    fit = fit_staged(params, problem, forcing, targets, cell_weights(targets, dtype),
+                     jnp.asarray(cfg.prior_weight, dtype), space, settings, cfg.gtol,
+                     cfg.ftol)
+    results = stage_results(space, stages, params, fit, targets)
+    if progress:
+        for i, res in enumerate(results):
+            progress(f"  stage {i + 1}/{len(stages)} " + describe(res))
+    return fit.params, results
 
 
 def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
               targets: Targets, cfg: CalibrationConfig, key) -> tuple[Params, StageResult]:
     """Fit one stage from ``base`` (the warm start); other parameters stay frozen.
 
-    Never raises for lack of data: a stage with no observed cell (and no event
-    constraints) is skipped, leaving its parameters at their incoming values (the prior
-    unless an earlier stage moved them); a stage with fewer constraints than free
-    parameters runs as MAP (the prior penalty determines what the data do not) or, with
-    ``prior_weight`` 0, is skipped.  Free parameters to which no data row of the stage is
-    sensitive are held at their incoming values (``held``).  Starts whose loss is not
-    finite are dropped and listed; if every start fails the stage is ``failed`` and its
-    parameters keep their incoming values.
+    ``fit_staged`` with this one stage (its starts drawn from ``key``).  Never raises for
+    lack of data: a stage with no observed cell (and no event constraints) is skipped,
+    leaving its parameters at their incoming values (the prior unless an earlier stage
+    moved them); a stage with fewer constraints than free parameters runs as MAP (the prior
+    penalty determines what the data do not) or, with ``prior_weight`` 0, is skipped.  Free
+    parameters to which no data row of the stage is sensitive are held at their incoming
+    values (``held``).  Starts whose loss is not finite are dropped and listed; if every
+    start fails the stage is ``failed`` and its parameters keep their incoming values.
     """
-    stage.check(space)
-    counts = targets.count()
-    n_obs = sum(counts[v] for v in stage.variables)
-    n_constraints = n_obs + (cfg.events.size if stage.events else 0)
-    start_values = {n: float(getattr(base, n)) for n in stage.free}
-
-    def skipped(why, status="skipped"):
-        return base, StageResult(stage.name, stage.free, start_values, start_values, n_obs,
-                                 skipped=why, status=status, note=why, held=stage.free,
-                                 n_constraints=n_constraints)
-
-    if n_constraints == 0:
-        return skipped(f"no observations for {', '.join(stage.variables)}: parameters left "
-                       "at their incoming (prior) values")
-    under = n_constraints < len(stage.free)
-    if under and cfg.prior_weight <= 0:
-        return skipped(f"{n_constraints} observations for {len(stage.free)} free parameters "
-                       f"({', '.join(stage.free)}) and no prior penalty (prior_weight 0): "
-                       "parameters left at their incoming values")
-    if cfg.optimizer == "lm" and len(stage.free) > MAX_FREE:
-        raise CalibrationError(f"stage {stage.name!r}: {len(stage.free)} free parameters; "
-                               f"optimizer 'lm' takes at most {MAX_FREE} (use 'lbfgs')")
-    dtype = base.dtype
-    mask = _mask_tree(space, stage.free)
-    mask_vec = np.asarray(_stack(space, mask))
-    u_warm = _stack(space, space.to_unconstrained(base))
-    draws = _stack(space, space.to_unconstrained(
-        space.sample_prior(key, max(cfg.n_starts - 1, 1), dtype=dtype)))
-    u0s = jnp.concatenate([u_warm[None], jnp.where(mask_vec, draws, u_warm)], axis=0)
-    u0s = u0s[: max(cfg.n_starts, 1)]
-    var_w, ev_w = _weights(stage, dtype)
-    prior_w = jnp.asarray(cfg.prior_weight, dtype)
-    u, traces, grads, n_iter, sens = _multistart(u0s, base, mask, var_w, ev_w, prior_w,
-                                                 forcing, targets, space, _Settings.of(cfg))
-    traces, grads, u = np.asarray(traces), np.asarray(grads), np.asarray(u)
-    final = traces[:, -1]
-    finite = np.isfinite(final) & np.all(np.isfinite(u), axis=1)
-    dropped = tuple(int(i) for i in np.flatnonzero(~finite))
-    if not finite.any():
-        return skipped("every start diverged (failed solve or non-finite loss): "
-                       "parameters left at their incoming values", status="failed")
-    best = int(np.argmin(np.where(finite, final, np.inf)))
-    p_best = params_from_vector(space, jnp.asarray(u[best], dtype), base, mask)
-    # Free parameters that no data row of this stage responds to keep their incoming value.
-    names_all = [sp.name for sp in space.specs]
-    s_best = np.asarray(sens)[best]
-    s_free = np.array([s_best[names_all.index(n)] for n in stage.free])
-    s_max = float(np.max(np.where(np.isfinite(s_free), s_free, 0.0)))
-    # A parameter at a physical bound has a zero column too (the transform is saturated):
-    # it stays at the bound (flagged at_bound below), it is not "held".
-    bound_now = set(_at_bound(space, p_best, stage.free))
-    held = tuple(n for n, v in zip(stage.free, s_free)
-                 if n not in bound_now
-                 and not (np.isfinite(v) and v > 1e-9 * max(s_max, 1e-300) and v > 0))
-    if held:
-        p_best = p_best.replace(**{n: getattr(base, n) for n in held})
-    fitted = tuple(n for n in stage.free if n not in held)
-    loss_best = float(final[best])
-    gnorm = float(np.linalg.norm(grads[best]))
-    tail = traces[best, -11:]
-    tail = tail[np.isfinite(tail)]
-    dloss = float(np.max(tail) - np.min(tail)) if tail.size > 1 else float("inf")
-    scale = 1.0 + abs(loss_best)
-    at_bound = _at_bound(space, p_best, fitted)
-    converged = bool(gnorm <= cfg.gtol * scale and dloss <= cfg.ftol * scale) and not at_bound
-    notes = []
-    if held:
-        notes.append(f"held at incoming values (no data sensitivity): {', '.join(held)}")
-    if under:
-        notes.append(f"{n_constraints} constraints for {len(stage.free)} free parameters: "
-                     "the prior penalty determines what the data do not")
-    if at_bound:
-        notes.append(f"at the physical bound: {', '.join(at_bound)} (no convergence claimed)")
-    status = "at_bound" if at_bound else ("ok" if converged else "not_converged")
-    values = {n: float(getattr(p_best, n)) for n in stage.free}
-    return p_best, StageResult(
-        stage.name, stage.free, values, start_values, n_obs,
-        iterations=int(np.asarray(n_iter)[best]),
-        final_loss=loss_best, initial_loss=float(traces[best, 0]), grad_norm=gnorm,
-        loss_change=dloss, converged=converged, best_start=best, n_starts=len(final),
-        dropped_starts=dropped,
-        start_losses=tuple(float(x) for x in final),
-        fitted=fitted, held=held, at_bound=at_bound, status=status, note="; ".join(notes),
-        n_constraints=n_constraints,
-    )
+    p, (res,) = _fit_stages(space, (stage,), base, forcing, targets, cfg, key)
+    return p, res
 
 
 def calibrate_stages(space: ParamSpace, params: Params, forcing: Forcing, targets: Targets,
                      cfg: CalibrationConfig = CalibrationConfig(),
                      progress: Callable[[str], None] | None = None,
                      ) -> tuple[Params, list[StageResult]]:
-    """Run ``cfg.stages`` in order from ``params``; returns the final parameters and reports."""
-    for st in cfg.stages:
-        st.check(space)
-    key = jax.random.PRNGKey(cfg.seed)
-    results = []
-    for i, st in enumerate(cfg.stages):
-        if progress:
-            progress(f"stage {i + 1}/{len(cfg.stages)} {st.name}: free {', '.join(st.free)}")
-        params, res = run_stage(space, st, params, forcing, targets, cfg,
-                                jax.random.fold_in(key, i))
-        results.append(res)
-        if progress:
-            progress("  " + describe(res))
-    return params, results
+    """Run ``cfg.stages`` in order from ``params`` (one call of ``fit_staged``: every stage
+    in one compiled ``lax.scan``); returns the final parameters and the stage reports."""
+    return _fit_stages(space, cfg.stages, params, forcing, targets, cfg,
+                       jax.random.PRNGKey(cfg.seed), progress)
 
 
 def describe(res: StageResult) -> str:

@@ -25,6 +25,11 @@ CSV schema (one row per year and location, optionally one row per depth)::
                           (converted to runoff_mm with the catchment area)
     sediment_t    float   optional: gauged annual sediment load, t yr^-1, >= 0
                           (converted to erosion_t/ha with the catchment area)
+    quality       str     optional: free-text quality flag of the row (kept, not used)
+
+A gauge file (one with ``runoff_m3`` or ``sediment_t``) may leave out the observation
+columns ``veg_cover_%``, ``SOM_%``, ``rainfall_mm``, ``runoff_mm``, ``erosion_t/ha``
+(read as blank), so that a station record can be used as published.
 
 The forcing and gauge columns are kept in ``Observations.extra`` (NaN where blank);
 :func:`convert_gauge` turns the gauge columns into the model's units and
@@ -76,7 +81,7 @@ REQUIRED_COLUMNS = (
 FORCING_COLUMNS = ("storm_intensity_mm_min", "psi_eng", "psi_plant")
 GAUGE_COLUMNS = ("runoff_m3", "sediment_t")
 EXTRA_COLUMNS = FORCING_COLUMNS + GAUGE_COLUMNS
-OPTIONAL_COLUMNS = ("depth_cm", "theta_m3/m3", "source") + EXTRA_COLUMNS
+OPTIONAL_COLUMNS = ("depth_cm", "theta_m3/m3", "source", "quality") + EXTRA_COLUMNS
 DEPTHS = ("0-10", "10-20", "20-40")
 OBSERVED = (
     "veg_cover_%",
@@ -416,8 +421,9 @@ def read_observations(path) -> dict[str, Observations]:
         if col in seen_cols:
             raise _fail(path, 1, col, "column appears twice in the header")
         seen_cols.add(col)
+    gauge_file = any(c in columns for c in GAUGE_COLUMNS)
     for col in REQUIRED_COLUMNS:
-        if col not in columns:
+        if col not in columns and not (gauge_file and col not in ("year", "location")):
             raise _fail(path, 1, col, "missing required column")
 
     by_location: dict[str, list[dict]] = {}

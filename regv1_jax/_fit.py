@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._calibrate import (
+    SOM_VARS,
     CalibrationConfig,
     CalibrationError,
+    Stage,
     StageResult,
     calibrate_stages,
 )
@@ -419,24 +421,75 @@ class SiteCalibration:
 HOLDOUT_SHARE = 0.2
 
 
+# Initial states: (parameter, variable whose first-year observation gives it, scale to the
+# parameter's units, variables that identify it when fitted).
+INITIAL_STATES = (("V0", "veg_cover_%", 0.01, ("veg_cover_%",)),
+                  ("SOM0", "SOM_%", 1.0, SOM_VARS))
+
+
 def initial_state_from_data(space: ParamSpace, params: Params, obs: Observations,
-                            start: int, rule: str) -> tuple[Params, str]:
-    """V0 (cover / 100) and SOM0 (SOM_%, 0-20 cm) from the observations of the first
-    simulated year when ``rule == "data"`` and they are observed there (clipped to the
-    physical bounds); else the incoming (prior) values.  Returns the parameters and a note."""
-    if rule != "data":
-        return params, "V0, SOM0: prior values (config initial_state = prior)"
+                            start: int, rule: str,
+                            train_years=None) -> tuple[Params, str, tuple[str, ...]]:
+    """V0 (cover / 100) and SOM0 (SOM_%, 0-20 cm): where they come from.
+
+    ``rule`` (config ``initial_state``):
+
+    - ``"data"``: from the observation of the first simulated year where observed (clipped
+      to the physical bounds), else the prior;
+    - ``"fit"``: fitted (see :func:`with_initial_state`) wherever the variables that
+      identify it are observed in ``train_years`` (default: any year), else the prior;
+    - ``"auto"`` (default): from the first year's observation where observed, else fitted
+      as for ``"fit"``, else the prior (a record whose first year is not observed);
+    - ``"prior"``: the prior values.
+
+    Returns the parameters, a note in words and the names to fit."""
+    if rule == "prior":
+        return params, "V0, SOM0: prior values (config initial_state = prior)", ()
     i = np.flatnonzero(obs.years == start)
-    notes, new = [], {}
-    for name, var, scale in (("V0", "veg_cover_%", 0.01), ("SOM0", "SOM_%", 1.0)):
+    keep = np.ones(len(obs.years), bool) if train_years is None else np.isin(
+        obs.years, np.asarray(train_years))
+    notes, new, fit = [], {}, []
+    for name, var, scale, ident in INITIAL_STATES:
         sp = space.spec(name)
-        if i.size and obs.masks[var][i[0]]:
+        first = bool(i.size and obs.masks[var][i[0]])
+        if rule in ("data", "auto") and first:
             v = float(np.clip(obs.values[var][i[0]] * scale, sp.bound_lower, sp.bound_upper))
             new[name] = v
             notes.append(f"{name} = {v:.4g} from the {start} observation of {var}")
+        elif rule in ("fit", "auto") and any(
+                np.any(np.asarray(obs.masks[w], bool) & keep) for w in ident):
+            fit.append(name)
+            why = "" if rule == "fit" else f" ({var} not observed in {start})"
+            notes.append(f"{name} fitted from {', '.join(w for w in ident if obs.masks[w].any())}"
+                         f"{why}, starting from the prior value")
         else:
-            notes.append(f"{name}: prior value ({var} not observed in {start})")
-    return (params.replace(**new) if new else params), "; ".join(notes)
+            why = f"{var} not observed in {start}" if rule == "data" else \
+                f"no {'/'.join(ident)} observation in the training years"
+            notes.append(f"{name}: prior value ({why})")
+    return (params.replace(**new) if new else params), "; ".join(notes), tuple(fit)
+
+
+def with_initial_state(stages: tuple[Stage, ...], names) -> tuple[Stage, ...]:
+    """The stages with each initial state of ``names`` made free in the first stage that
+    fits a variable identifying it: V0 where cover is fitted (stage a), SOM0 where an SOM
+    column is fitted (stage b of the seed's stages: SOM0 is identified by SOM data, which
+    stage (a) does not fit).  Later stages keep the fitted value.  Raises
+    :class:`CalibrationError` when no stage fits such a variable."""
+    out = list(stages)
+    for name, _, _, ident in INITIAL_STATES:
+        if name not in names:
+            continue
+        k = next((j for j, st in enumerate(out) if set(ident) & set(st.variables)), None)
+        if k is None:
+            raise CalibrationError(f"initial_state: no stage fits {'/'.join(ident)}, so "
+                                   f"{name} cannot be fitted")
+        st = out[k]
+        if name not in st.free:
+            out[k] = dataclasses.replace(
+                st, free=st.free + (name,),
+                description=(st.description + f"; {name} fitted here (initial_state)").strip(
+                    "; "))
+    return tuple(out)
 
 
 def resolve_holdout(holdout, obs: Observations, years) -> tuple[tuple[int, int] | None, str]:
@@ -533,8 +586,10 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
     keep = np.ones(len(years), bool)
     if hold is not None:
         keep &= ~((years >= hold[0]) & (years <= hold[1]))
-    params, init_note = initial_state_from_data(space, params, obs, int(years[0]),
-                                                cfg.initial_state)
+    params, init_note, init_fit = initial_state_from_data(
+        space, params, obs, int(years[0]), cfg.initial_state, train_years=years[keep])
+    if init_fit:
+        cfg = dataclasses.replace(cfg, stages=with_initial_state(cfg.stages, init_fit))
     # Spreads from the training cells only: holdout values never enter the fit.
     targets = make_targets(obs, forcing, dtype=params.dtype, sigma_years=keep)
     train = targets.with_mask(jnp.asarray(keep))

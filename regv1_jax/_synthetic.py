@@ -52,6 +52,7 @@ __all__ = [
     "NOISE_COLUMNS",
     "SOLVER",
     "SOURCE_TEXT",
+    "long_record_twin",
     "make_twin",
     "synthetic_rainfall",
     "true_params",
@@ -341,6 +342,72 @@ def make_twin(
         "source_text": source,
     }
     return frame, meta
+
+
+def long_record_twin(
+    location: str = "Desert110-synthetic",
+    start: int = 1901,
+    end: int = 2010,
+    map_mm: float = 450.0,
+    truth: Mapping[str, float] | None = None,
+    seed: int = 11,
+    cover_sd: float = 0.5,
+    region: str = "ChihuahuanDesert",
+) -> tuple[pd.DataFrame, dict]:
+    """A long cover + rainfall record with gaps and irregular sampling (synthetic).
+
+    A desert-grassland twin (default: ChihuahuanDesert, 1901-2010, 110 years, no planting,
+    ``truth`` r_V = 0.12, K_V = 0.5) observed the way long field records are:
+
+    - cover (``veg_cover_%``, additive normal noise ``cover_sd`` percentage points) at
+      irregular intervals of 1-6 years (drawn), the first survey 2-4 years after ``start``
+      (so the first year is not observed: V0 has to be fitted), and two survey gaps of 12
+      and 15 years;
+    - rainfall every year except a 6-year gap in the gauge record; in the twin's forcing
+      the gap years carry the mean of the observed years, which is what a calibration
+      fills them with (the MAP of a site without a registry entry), so the twin is exact;
+    - no SOM, runoff, erosion or soil-moisture column.
+
+    Rows: one per year with any observation (gap years have no row).  Returns the frame
+    (CSV schema, ``source`` labels it synthetic) and the metadata of :func:`make_twin` with
+    ``sampling`` added (the cover years, the gaps, the rule)."""
+    truth = {"r_V": 0.12, "K_V": 0.5} if truth is None else dict(truth)
+    rng = np.random.default_rng([int(seed), 2])
+    years = np.arange(start, end + 1)
+    n = years.size
+    rain = synthetic_rainfall(map_mm, start, end, seed)
+    g0 = start + n // 3
+    rain_gap = np.arange(g0, g0 + 6)
+    in_gap = np.isin(years, rain_gap)
+    rain[in_gap] = float(np.mean(rain[~in_gap]))
+    # Irregular cover surveys with two long gaps.
+    cover_years, y = [], start + int(rng.integers(2, 5))
+    gaps = [(start + n // 5, start + n // 5 + 11), (start + 3 * n // 5, start + 3 * n // 5 + 14)]
+    while y <= end:
+        if not any(a <= y <= b for a, b in gaps):
+            cover_years.append(y)
+        y += int(rng.integers(1, 7))
+    frame, meta = make_twin(region, location, truth, start, end, rain, None,
+                            noise={"veg_cover_%": cover_sd}, seed=seed, depth_every=None,
+                            source=SOURCE_TEXT.replace("(scripts/make_synthetic.py)",
+                                                       "(regv1_jax._synthetic."
+                                                       "long_record_twin)"))
+    frame = frame.copy()
+    for col in ("SOM_%", "runoff_mm", "erosion_t/ha", "theta_m3/m3"):
+        frame[col] = np.nan
+    frame.loc[~frame["year"].isin(cover_years), "veg_cover_%"] = np.nan
+    frame.loc[frame["year"].isin(rain_gap), "rainfall_mm"] = np.nan
+    frame = frame[frame["veg_cover_%"].notna() | frame["rainfall_mm"].notna()]
+    meta["sampling"] = {
+        "cover_years": [int(v) for v in cover_years],
+        "cover_gaps": [list(map(int, g)) for g in gaps],
+        "rainfall_gap": [int(rain_gap[0]), int(rain_gap[-1])],
+        "rule": "cover every 1-6 years (np.random.default_rng([seed, 2]).integers(1, 7)), "
+                "first survey 2-4 years after the start, none inside the cover gaps; "
+                "rainfall every year but the gap, whose years carry the mean of the others "
+                "in the twin's forcing",
+    }
+    return frame.reset_index(drop=True), meta
 
 
 def _fmt(x) -> str:

@@ -217,6 +217,7 @@ def test_the_compiled_fit_holds_no_host_callback():
     from regv1_jax._objective import make_targets
     from regv1_jax._params import load_param_space
     from regv1_jax._sites import get_site, site_forcing
+    from regv1_jax._staged import cell_weights, fit_staged, staged_problem
 
     jax.clear_caches()  # no inner trace (of simulate) made earlier in raise mode
     s = get_site("Yanhe-basin")
@@ -225,13 +226,10 @@ def test_the_compiled_fit_holds_no_host_callback():
     f = site_forcing(s, 1995, 2001)
     t = make_targets(s.observations, f, dtype=jnp.float64)
     cfg = C.CalibrationConfig(n_starts=2, lm_steps=2)
-    st = cfg.stages[0]
-    u = jnp.stack([C._stack(space, space.to_unconstrained(p))] * 2)
-    var_w, ev_w = C._weights(st, jnp.float64)
-    args = (u, p, C._mask_tree(space, st.free), var_w, ev_w, jnp.asarray(1.0), f, t, space,
-            C._Settings.of(cfg))
+    prob = staged_problem(space, cfg.stages, cfg.n_starts, jax.random.PRNGKey(0))
+    args = (p, prob, f, t, cell_weights(t), jnp.asarray(1.0), space, C._Settings.of(cfg))
     dyn, static = eqx.partition(args, eqx.is_array)
-    fit = C._multistart.__wrapped__  # the function itself, not a cached trace of it
+    fit = fit_staged.__wrapped__  # the function itself, not a cached trace of it
     with cacheable_traces():
         jaxpr = str(jax.make_jaxpr(lambda d: fit(*eqx.combine(d, static)))(dyn))
     assert "callback" not in jaxpr

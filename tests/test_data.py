@@ -148,7 +148,8 @@ def test_validation_sites_bad_range(tmp_path):
 def test_sites_registry():
     sites = load_sites_registry()
     assert "_meta" not in sites
-    assert set(sites) == {"Yanhe-basin", "Gushanchuan", "Jornada-plot"}
+    assert set(sites) == {"Yanhe-basin", "Gushanchuan", "Jornada-plot", "Wuding-Baijiachuan",
+                          "Kuye-Wenjiachuan"}
     yan = sites["Yanhe-basin"]
     assert yan["region"] == "LoessPlateau" and yan["MAP_mm"] == 400
     assert yan["area_km2"] == 5891 and yan["planting_start"] == 1999

@@ -1,6 +1,7 @@
-"""The staged fit as one pure jitted function (``regv1_jax._staged.fit_staged``): agrees
-with the host pipeline, vmaps over per-cell weight vectors exactly like a loop, and a second
-call does not recompile."""
+"""The staged fit as one pure jitted function (``regv1_jax._staged.fit_staged``): the host
+pipeline (``calibrate_stages``, which calls it once on a problem padded to five stages)
+gives the same values and status codes, it vmaps over per-cell weight vectors exactly like a
+loop, and a second call does not recompile."""
 
 import dataclasses
 

@@ -171,3 +171,35 @@ def test_sites_registry():
     assert sites["Jornada-plot-synthetic"]["planting_start"] is None
     # The real registry is untouched by the twins.
     assert not set(load_sites_registry()) & set(sites)
+
+
+def test_long_record_twin_has_gaps_irregular_sampling_and_an_exact_forcing(tmp_path):
+    """``long_record_twin``: 110 years, cover surveys 1-6 years apart with the first year
+    unobserved and none inside the two survey gaps, a rainfall gap whose years carry the mean
+    of the others in the twin's forcing (so a calibration that fills missing rainfall with the
+    observed mean sees the twin's own forcing), only cover and rainfall columns, labelled
+    synthetic; it reads back through the CSV loader."""
+    from regv1_jax._synthetic import long_record_twin
+
+    frame, meta = long_record_twin()
+    cover = meta["sampling"]["cover_years"]
+    assert meta["years"] == [1901, 2010] and meta["synthetic"] is True
+    assert cover[0] > 1901 and set(np.diff(cover)) <= set(range(1, 22))
+    assert len(set(np.diff(cover))) > 2  # irregular
+    for a, b in meta["sampling"]["cover_gaps"]:
+        assert not any(a <= y <= b for y in cover) and b - a >= 11
+    g0, g1 = meta["sampling"]["rainfall_gap"]
+    rain = np.asarray(meta["forcing"]["rainfall_mm"])
+    years = np.arange(1901, 2011)
+    gap = (years >= g0) & (years <= g1)
+    np.testing.assert_allclose(rain[gap], np.mean(rain[~gap]), rtol=1e-12)
+    assert frame.loc[frame["year"].between(g0, g1), "rainfall_mm"].isna().all()
+    for col in ("SOM_%", "runoff_mm", "erosion_t/ha", "theta_m3/m3"):
+        assert frame[col].isna().all()
+    assert frame["source"].str.contains("synthetic").all()
+    path = tmp_path / "long_synthetic.csv"
+    write_twin(frame, meta, path)
+    obs = read_observations(path)["Desert110-synthetic"]
+    assert list(obs.years[obs.masks["veg_cover_%"]]) == cover
+    assert np.isclose(np.mean(obs.values["rainfall_mm"][obs.masks["rainfall_mm"]]),
+                      np.mean(rain[~gap]))

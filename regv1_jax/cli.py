@@ -465,7 +465,6 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
         click.echo(f"calibrating {s.name} ({s.region}) on {s.data_file}, {y0}-{y1}, "
                    f"{cfg.method}/{dtype}, {cfg.n_starts} start(s) per stage")
         click.echo("  (the staged fit includes compilation unless it is cached)")
-        click.echo("  (the first stage includes compilation unless it is cached)")
         cal = calibrate_site(space, prior, forcing, obs, cfg, planting_start=s.planting_start,
                              progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
         boot_res = (run_site_bootstrap(cal, out_path, boot, t0, s.planting_start)

@@ -57,6 +57,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from bench_solve import _ensure_host_devices
+
+    _ensure_host_devices()  # one XLA device per core: the sweeps split over them
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -70,6 +73,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else \
         HERE / "results" / f"profile_{socket.gethostname()}_{args.method}.json"
     doc = {"benchmark": "bench_profile", **run_header(), "args": vars(args),
+           "devices": [str(d) for d in jax.devices()],
            "load_before": loadavg()}
     space, p0, forcing, targets = build_problem()
     cfg = CalibrationConfig(method=args.method)

@@ -468,6 +468,30 @@ def _adam(loss, u0, mask_vec, cfg):
     return u, trace
 
 
+def _spd_solve(M, b):
+    """``M^{-1} b`` for a small symmetric positive-definite ``M`` (K x K, K static): a
+    Cholesky factorisation and two triangular solves written in jnp, unrolled over K.
+
+    Not ``jnp.linalg.solve``: under ``vmap`` on CPU that is a LAPACK custom call whose
+    batch loop runs on XLA's intra-op thread pool, and with several host devices running
+    batched fits at once that pool can wedge (a deadlock seen in ``bench_bootstrap``,
+    every thread parked in ``ParallelBatchMap``).  Elementwise jnp has no such call and
+    vectorises over the batch.  A non-positive pivot gives NaN (the caller rejects the
+    step)."""
+    K = M.shape[0]
+    L = jnp.zeros_like(M)
+    for j in range(K):
+        s = M[j:, j] - L[j:, :j] @ L[j, :j]
+        L = L.at[j:, j].set(s / jnp.sqrt(jnp.where(s[0] > 0, s[0], jnp.nan)))
+    y = jnp.zeros_like(b)
+    for i in range(K):
+        y = y.at[i].set((b[i] - L[i, :i] @ y[:i]) / L[i, i])
+    x = jnp.zeros_like(b)
+    for i in reversed(range(K)):
+        x = x.at[i].set((y[i] - L[i + 1:, i] @ x[i + 1:]) / L[i, i])
+    return x
+
+
 def _levenberg_marquardt(res, u0, S, cfg):
     """Levenberg-Marquardt with Marquardt scaling on ``u = u0 + S v`` (S: the free columns).
 
@@ -509,7 +533,7 @@ def _levenberg_marquardt(res, u0, S, cfg):
         A = J.T @ J
         d = jnp.diag(A)
         d = jnp.where(d > 0, d, 1.0)
-        delta = jnp.linalg.solve(A + lam * jnp.diag(d), -g)
+        delta = _spd_solve(A + lam * jnp.diag(d), -g)
         v_new = v + delta
         J_new, r_new = jr(v_new)
         c_new = cost_of(r_new)

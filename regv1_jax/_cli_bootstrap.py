@@ -112,6 +112,61 @@ def run_site_bootstrap(cal, out_path: Path, boot: dict, t0: float, planting_star
     return res
 
 
+def site_profiles_and_identifiability(cal, boot_res, t0: float):
+    """``calibrate --uncertainty``'s second half: profiles of the seed's thresholds (LR
+    intervals) and identifiability from the data rows and from the used bootstrap
+    replicates.  Returns ``(profiles, idents)``; profiles are ``None`` unless float64."""
+    import time
+
+    import numpy as np
+
+    from .analysis import DEFAULT_PROFILED, identify_data, identify_sample, profile
+    from .analysis._profile import setup_from_calibration
+
+    setup = setup_from_calibration(cal)
+    profs = None
+    if cal.dtype == "float64":
+        click.echo(f"[{time.time() - t0:6.1f}s] profile likelihood of "
+                   f"{', '.join(DEFAULT_PROFILED)} (41 points, refitting "
+                   f"{', '.join(setup.free)}; the first call compiles)")
+        profs = profile(setup, DEFAULT_PROFILED)
+    else:
+        click.echo("warning: profiles need float64 (--dtype float64); skipped", err=True)
+    idents = [identify_data(cal.space, setup.params, setup.forcing, setup.targets,
+                            list(setup.free), cal.config, setup.events)]
+    k = len(boot_res.names)
+    used = boot_res.used
+    if used.sum() > k:
+        idents.append(identify_sample(np.asarray(boot_res.replicates)[used, :k],
+                                      list(boot_res.names), cal.space,
+                                      int((~used).sum())))
+    return profs, idents
+
+
+def write_profiles_and_identifiability(profs, idents, folder: Path, site: str) -> list[str]:
+    """``profile/`` and ``identify/`` subfolders of a calibrate output (the files of
+    ``regv1 profile`` and ``regv1 identify``); returns the report sections (markdown)."""
+    from .analysis._identify import report_fragment as identify_fragment
+    from .analysis._identify import write_identify
+    from .analysis._profile import report_fragment as profile_fragment
+    from .analysis._profile import write_profile
+
+    sections = []
+    if profs:
+        (folder / "profile").mkdir()
+        write_profile(profs, folder / "profile", {"site": site, "dtype": "float64",
+                                                  "from": "calibrate --uncertainty"},
+                      title=f"{site}: profile likelihood")
+        sections.append(profile_fragment(profs) + "\n![profiles](profile/profile.png)\n")
+    (folder / "identify").mkdir()
+    write_identify(idents, folder / "identify", {"site": site, "from": "calibrate "
+                                                 "--uncertainty"},
+                   title=f"{site}: identifiability")
+    sections.append(identify_fragment(idents)
+                    + "\n![identifiability](identify/correlation.png)\n")
+    return sections
+
+
 def finish_site_bootstrap(out_path: Path) -> None:
     shutil.rmtree(_chunks_dir(out_path), ignore_errors=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +300,8 @@ def _table(header, rows) -> str:
     return "\n".join(out)
 
 
-def report_markdown(cal: SiteCalibration, files: dict, boot=None) -> str:
+def report_markdown(cal: SiteCalibration, files: dict, boot=None,
+                    sections: Sequence[str] = ()) -> str:
     src = Path(cal.observations.source_file).name
     lines = [f"# Calibration report: {cal.site} ({cal.region})", ""]
     if src in SCAFFOLD_FILES:
@@ -447,15 +449,19 @@ def report_markdown(cal: SiteCalibration, files: dict, boot=None) -> str:
                   "others' (poorly identifiable from these data).", ""]
     if boot is not None:
         lines += bootstrap_markdown(cal, boot, "bootstrap_bands.png")
+    for sec in sections:
+        lines += [sec, ""]
     lines += ["## Stage log", ""] + [f"- {describe(r)}" for r in cal.stages] + [""]
     lines += [f"_regv1_jax, Python {platform.python_version()}, {platform.machine()}_", ""]
     return "\n".join(lines)
 
 
-def write_outputs(cal: SiteCalibration, out: str | Path, bootstrap=None) -> dict:
+def write_outputs(cal: SiteCalibration, out: str | Path, bootstrap=None,
+                  sections: Sequence[str] = ()) -> dict:
     """Write every output into ``out``; returns {kind: path}.  With ``bootstrap`` (a
     :class:`BootstrapResult`) also the ``regv1 bootstrap`` files, bootstrap CI_95 in
-    params.json, bands in fit.csv and fit.png, and a report section."""
+    params.json, bands in fit.csv and fit.png, and a report section; ``sections``: further
+    report sections (markdown: the profile and identifiability of ``--uncertainty``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"params": out / "params.json", "fit": out / "fit.csv",
@@ -490,7 +496,7 @@ def write_outputs(cal: SiteCalibration, out: str | Path, bootstrap=None) -> dict
     _fit_figure(cal, out / "fit.png", boot)
     if cal.identifiability:
         _corr_figure(cal, out / "correlation.png")
-    md = report_markdown(cal, files, boot)
+    md = report_markdown(cal, files, boot, sections)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(report_html(md, out, title=f"regv1 calibration: {cal.site}"))
     return {k: (out / v if isinstance(v, str) else v) for k, v in files.items()}

@@ -32,6 +32,8 @@ from ._cli_bootstrap import (
     check_bootstrap_options,
     finish_site_bootstrap,
     run_site_bootstrap,
+    site_profiles_and_identifiability,
+    write_profiles_and_identifiability,
 )
 from ._data import DataError
 from ._outputs import (
@@ -469,6 +471,8 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
                              progress=lambda m: click.echo(f"[{time.time() - t0:6.1f}s] {m}"))
         boot_res = (run_site_bootstrap(cal, out_path, boot, t0, s.planting_start)
                     if uncertainty else None)
+        profs, idents = (site_profiles_and_identifiability(cal, boot_res, t0)
+                         if uncertainty else (None, None))
     from ._paths import data_path
 
     inputs = {"data": s.data_file, "config": config_file, "forcing": forcing_file}
@@ -479,7 +483,9 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
     doc = command_manifest(inputs, dtype=dtype, site=s.name, region=s.region,
                            optimizer=cfg.optimizer, n_starts=cfg.n_starts, seed=cfg.seed)
     with out_dir_writer(out_path, doc) as tmp:
-        files = write_outputs(cal, tmp, bootstrap=boot_res)
+        sections = (write_profiles_and_identifiability(profs, idents, tmp, s.name)
+                    if uncertainty else [])
+        files = write_outputs(cal, tmp, bootstrap=boot_res, sections=sections)
     finish_site_bootstrap(out_path)
     click.echo(f"[{time.time() - t0:6.1f}s] wrote {out_path}/: "
                + ", ".join(sorted(Path(f).name for f in files.values())) + ", manifest.json")

@@ -297,6 +297,12 @@ def test_cli_bootstrap_end_to_end(tmp_path):
     assert "Bootstrap uncertainty" in html and "data:image/png;base64" in html
     assert (out2 / "bootstrap.json").exists()
     assert not (tmp_path / "cal.bootstrap_chunks").exists()
+    # ... and the profiles of the thresholds and the identifiability (data rows, replicates).
+    prof = json.loads((out2 / "profile" / "profile.json").read_text())
+    assert [p["name"] for p in prof["profiles"]] == ["theta_star", "SOM_star"]
+    ident = json.loads((out2 / "identify" / "identify.json").read_text())
+    assert len(ident["results"]) == 2, ident.keys()
+    assert "Profile likelihood" in html and "Identifiability" in html
     bad = CliRunner().invoke(main, ["bootstrap", "--site", "bs-synthetic", "--data",
                                     str(path), "--region", "LoessPlateau", "--out",
                                     str(tmp_path / "o2"), "--block-length", "zero"])

@@ -233,3 +233,24 @@ def test_site_calibration_writes_the_report(setup, tmp_path):
     mg = json.loads(files["metrics"].read_text())["magnitudes"]
     assert mg["water_yield_decrease"]["mm_per_yr"] > 0  # planting lowers water yield
     assert mg["runoff_decrease"]["mm_per_yr"] > 0
+
+
+def test_spd_solve_equals_numpy_and_rejects_an_indefinite_matrix():
+    """The LM step's Cholesky solve (jnp, no LAPACK call: see ``_spd_solve``) equals numpy's
+    solve on damped normal matrices, also with an all-zero (padded) column, under vmap."""
+    from regv1_jax._calibrate import _spd_solve
+
+    rng = np.random.default_rng(0)
+    Ms, bs = [], []
+    for zero_col in (None, 3):
+        J = rng.normal(size=(30, 12))
+        if zero_col is not None:
+            J[:, zero_col] = 0.0
+        A = J.T @ J
+        d = np.where(np.diag(A) > 0, np.diag(A), 1.0)
+        Ms.append(A + 1e-3 * np.diag(d))
+        bs.append(rng.normal(size=12))
+    x = jax.vmap(_spd_solve)(jnp.asarray(np.stack(Ms)), jnp.asarray(np.stack(bs)))
+    for M, b, xi in zip(Ms, bs, np.asarray(x)):
+        np.testing.assert_allclose(xi, np.linalg.solve(M, b), rtol=1e-10, atol=1e-12)
+    assert np.all(np.isnan(np.asarray(_spd_solve(jnp.asarray(-Ms[0]), jnp.asarray(bs[0])))))

@@ -204,3 +204,43 @@ def test_setup_from_a_site_calibration_takes_its_fitted_set_and_training_years(t
     # Union of the fitted parameters of the stages that ran (k_E from stage d).
     assert set(s.free) == set(SEED_STAGES[4].free) and s.events
     assert s.targets.count()["veg_cover_%"] == 6  # 8 years minus the 2 holdout years
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+import regv1_jax as r
+from regv1_jax._calibrate import CalibrationConfig, Stage
+from regv1_jax._objective import make_targets
+from regv1_jax._synthetic import make_twin, twin_forcing
+from regv1_jax.analysis import ProfileSetup, profile
+assert len(jax.devices()) == 2
+S, E = 1999, 2004
+rain = 420 + 60 * np.sin(np.arange(S, E + 1) * 1.7)
+frame, meta = make_twin("LoessPlateau", "shard-synthetic", {"r_V": 0.15}, S, E, rain, 1999,
+                        depth_every=None, noise={"veg_cover_%": 1.0}, seed=1)
+import tempfile, pathlib
+from regv1_jax._synthetic import write_twin
+p = pathlib.Path(tempfile.mkdtemp()) / "shard_synthetic.csv"
+write_twin(frame, meta, p)
+obs = r.load_site(p, "shard-synthetic")
+space = r.load_param_space("LoessPlateau")
+forcing = twin_forcing(S, E, rain, 1999)
+cfg = CalibrationConfig(stages=(Stage("joint", ("r_V", "K_V"), ("veg_cover_%",)),),
+                        n_starts=1, lm_steps=8, holdout=None, method="rk4", steps_per_year=4)
+setup = ProfileSetup(space, space.prior_values(jnp.float64), forcing,
+                     make_targets(obs, forcing), ("r_V", "K_V"), cfg, events=False)
+a = profile(setup, ("theta_star",), points=5)               # 2 sweeps over 2 devices
+b = profile(setup, ("theta_star",), points=5, devices=jax.devices()[:1])
+np.testing.assert_allclose(a[0].loss, b[0].loss, rtol=1e-10)
+assert (a[0].status == b[0].status).all()
+print("SHARDED OK")
+"""
+
+
+# Compiles the sweeps twice in a fresh process (~1-2 min on 2 cores): slow.
+@pytest.mark.slow
+def test_sharded_sweeps_equal_one_device():
+    from helpers import run_on_cpu_devices
+
+    run_on_cpu_devices(SHARDED, n=2)

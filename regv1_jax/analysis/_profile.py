@@ -240,9 +240,10 @@ def _objective_residuals(u, base, mask_vec, prior_rows, ev_w, prior_w, forcing, 
 
 @eqx.filter_jit
 def _sweeps(u_start, grid_u, idx, masks, S, prior_rows, base, ev_w, prior_w, forcing,
-            targets, space, settings, gtol, ftol):
+            targets, space, settings, gtol, ftol, devices=None):
     """``lax.scan`` over the steps of every sweep at once; each step a vmapped LM refit per
-    sweep, warm-started from the sweep's last finite point."""
+    sweep, warm-started from the sweep's last finite point; with several ``devices`` the
+    sweeps are split over them (``shard_map``)."""
 
     def fit_one(u_prev, g, i, mask_vec, S_b, rows):
         u0 = u_prev.at[i].set(g)
@@ -268,13 +269,23 @@ def _sweeps(u_start, grid_u, idx, masks, S, prior_rows, base, ev_w, prior_w, for
         code = jnp.where(finite, code, 3)
         return u, jnp.where(finite, loss, jnp.nan), code, it
 
-    def step(u_prev, g):
-        u, loss, code, it = jax.vmap(fit_one)(u_prev, g, idx, masks, S, prior_rows)
-        u_next = jnp.where((code < 3)[:, None], u, u_prev)
-        return u_next, (loss, code, it)
+    def run(u_start, grid_u, idx, masks, S, prior_rows):
+        def step(u_prev, g):
+            u, loss, code, it = jax.vmap(fit_one)(u_prev, g, idx, masks, S, prior_rows)
+            u_next = jnp.where((code < 3)[:, None], u, u_prev)
+            return u_next, (loss, code, it)
 
-    _, out = jax.lax.scan(step, u_start, grid_u)
-    return out
+        _, out = jax.lax.scan(step, u_start, grid_u)
+        return out
+
+    if devices is not None:  # the sweeps split over the devices (one core each on CPU)
+        from jax.sharding import Mesh, PartitionSpec
+
+        mesh = Mesh(np.asarray(devices), ("sweep",))
+        bat, col = PartitionSpec("sweep"), PartitionSpec(None, "sweep")
+        run = jax.shard_map(run, mesh=mesh, in_specs=(bat, col, bat, bat, bat, bat),
+                            out_specs=(col, col, col), check_vma=False)
+    return run(u_start, grid_u, idx, masks, S, prior_rows)
 
 
 def _data_scale(setup: ProfileSetup) -> tuple[float, float, int]:
@@ -300,7 +311,7 @@ def _data_scale(setup: ProfileSetup) -> tuple[float, float, int]:
 def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
             k_sd: float = 3.0, spans: dict | None = None, profiled_prior: bool = False,
             scale: bool = True, gtol: float | None = None, ftol: float | None = None,
-            lm_steps: int | None = None) -> list[Profile]:
+            lm_steps: int | None = None, devices=None) -> list[Profile]:
     """Profiles of ``names`` over their grids (:func:`profile_grid`), all in one jitted
     call: ``2 len(names)`` sweeps of ``points // 2 + 1`` steps (the estimate is the first
     step of both), each step one vmapped LM refit per sweep.
@@ -311,6 +322,9 @@ def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
     the config's; |gradient| <= gtol (1 + L) and the cost moved <= ftol (1 + L) over the
     last 3 iterations).  Precision: that
     of ``setup.params`` (float64 recommended: deviances are differences of losses).
+    ``devices``: split the sweeps over these (default ``jax.devices()`` when there are
+    several and they divide the ``2 len(names)`` sweeps; expose CPU cores as devices with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax is imported).
     Returns one :class:`Profile` per name, in order."""
     names = list(names)
     if not names:
@@ -344,11 +358,13 @@ def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
     grid_u = jnp.asarray(np.stack(sweeps_u, axis=1), dtype)  # (steps, B)
     u_start = jnp.asarray(np.repeat(u_opt[None], B, axis=0), dtype)
     ev_w = jnp.asarray(1.0 if setup.events else 0.0, dtype)
+    devices = tuple(jax.devices() if devices is None else devices)
+    devices = devices if len(devices) > 1 and B % len(devices) == 0 else None
     loss, code, it = _sweeps(u_start, grid_u, jnp.asarray(idx), jnp.asarray(np.stack(masks)),
                              jnp.asarray(np.stack(Ss), dtype),
                              jnp.asarray(np.stack(rows), dtype), setup.params, ev_w,
                              jnp.asarray(cfg.prior_weight, dtype), setup.forcing,
-                             setup.targets, space, _Settings.of(cfg), gtol, ftol)
+                             setup.targets, space, _Settings.of(cfg), gtol, ftol, devices)
     loss, code, it = np.asarray(loss), np.asarray(code), np.asarray(it)
     s, _, _ = _data_scale(setup) if scale else (1.0, None, None)
     out = []

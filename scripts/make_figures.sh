@@ -15,6 +15,9 @@ python -m regv1_jax equilibria --region ChihuahuanDesert --map 250 --sweep 150:4
 cp "$tmp/eqd/bifurcation.png" docs/img/bifurcation_jornada.png
 python -m regv1_jax calibrate --site Yanhe-basin --out "$tmp/yanhe"
 cp "$tmp/yanhe/fit.png" docs/img/calibrate_yanhe_fit.png
+python -m regv1_jax profile --site Yanhe-basin --from-calibration "$tmp/yanhe" \
+    --out "$tmp/profile"
+cp "$tmp/profile/profile.png" docs/img/profile_yanhe.png
 python -m regv1_jax calibrate --site Yanhe-basin-synthetic --out "$tmp/twin"
 cp "$tmp/twin/fit.png" docs/img/calibrate_twin_fit.png
 cp "$tmp/twin/correlation.png" docs/img/calibrate_twin_corr.png

@@ -62,23 +62,12 @@ def site_bootstrap(cal, **kw):
     """The block bootstrap of a :class:`SiteCalibration`: its training targets (spreads
     from the training cells, holdout masked, as ``calibrate_site``), its fitted
     parameters, its config (``bootstrap_study`` keywords in ``kw``)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from ._objective import make_targets
+    from ._fit import fitted_names, training_targets
     from .analysis._bootstrap import bootstrap_study
 
-    years = np.asarray(cal.forcing.years)
-    keep = np.ones(len(years), bool)
-    if cal.holdout_years is not None:
-        h0, h1 = cal.holdout_years
-        keep &= ~((years >= h0) & (years <= h1))
-    targets = make_targets(cal.observations, cal.forcing, dtype=cal.params.dtype,
-                           sigma_years=keep).with_mask(jnp.asarray(keep))
-    names = []
-    for r in cal.stages:
-        if r.skipped is None:
-            names += [n for n in r.fitted if n not in names]
+    targets = training_targets(cal.observations, cal.forcing, cal.holdout_years,
+                               cal.params.dtype)
+    names = fitted_names(cal.stages)
     if not names:
         raise ValueError("no stage fitted any parameter: nothing to bootstrap")
     return bootstrap_study(cal.space, cal.params, cal.forcing, targets, cal.config, names,

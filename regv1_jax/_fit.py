@@ -33,7 +33,8 @@ from ._solve import Simulation, simulate
 
 __all__ = ["fit_metrics", "local_identifiability", "regional_magnitudes", "SiteCalibration",
            "calibrate_site", "SEED_CRITERIA", "REGION_AREAS_KM2", "CORR_FLAG",
-           "correlated_pairs", "information_eigen", "column_vif", "training_targets"]
+           "correlated_pairs", "information_eigen", "column_vif", "training_targets",
+           "training_years", "fitted_names"]
 
 # The seed's goodness-of-fit targets.
 SEED_CRITERIA = {"R2_min": 0.7, "R2_variables": ("veg_cover_%", "SOM_%"),
@@ -566,12 +567,27 @@ def training_targets(obs: Observations, forcing: Forcing, holdout, dtype=None) -
     """The targets a site calibration fits: spreads from the training cells only and every
     cell of the ``holdout`` years (a ``(first, last)`` pair or None) masked out, as in
     :func:`calibrate_site` (for analyses that refit a finished calibration)."""
-    years = np.asarray(forcing.years)
+    keep = training_years(forcing.years, holdout)
+    targets = make_targets(obs, forcing, dtype=dtype, sigma_years=keep)
+    return targets.with_mask(jnp.asarray(keep))
+
+
+def fitted_names(stages) -> list[str]:
+    """The parameters the stages that ran fitted (the calibrated set), in stage order."""
+    names = []
+    for res in stages:
+        if res.skipped is None:
+            names += [n for n in res.fitted if n not in names]
+    return names
+
+
+def training_years(years, holdout) -> np.ndarray:
+    """Boolean mask of ``years`` outside the ``holdout`` pair (all True for None)."""
+    years = np.asarray(years)
     keep = np.ones(len(years), bool)
     if holdout is not None:
         keep &= ~((years >= holdout[0]) & (years <= holdout[1]))
-    targets = make_targets(obs, forcing, dtype=dtype, sigma_years=keep)
-    return targets.with_mask(jnp.asarray(keep))
+    return keep
 
 
 def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Observations,
@@ -583,16 +599,13 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
         raise CalibrationError(f"{obs.source_file}: no observations for {obs.location!r}")
     years = forcing.years
     hold, hold_rule = resolve_holdout(cfg.holdout, obs, years)
-    keep = np.ones(len(years), bool)
-    if hold is not None:
-        keep &= ~((years >= hold[0]) & (years <= hold[1]))
+    keep = training_years(years, hold)
     params, init_note, init_fit = initial_state_from_data(
         space, params, obs, int(years[0]), cfg.initial_state, train_years=years[keep])
     if init_fit:
         cfg = dataclasses.replace(cfg, stages=with_initial_state(cfg.stages, init_fit))
     # Spreads from the training cells only: holdout values never enter the fit.
-    targets = make_targets(obs, forcing, dtype=params.dtype, sigma_years=keep)
-    train = targets.with_mask(jnp.asarray(keep))
+    train = training_targets(obs, forcing, hold, params.dtype)
     if sum(train.count().values()) == 0:
         raise CalibrationError(
             f"{obs.source_file}: {obs.location!r} has no observations in the training years "
@@ -600,10 +613,7 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
     fitted, stages = calibrate_stages(space, params, forcing, train, cfg, progress=progress)
     sim = simulate(fitted, forcing, method=cfg.method if cfg.method != "rk4" else "tsit5")
     metrics = _split_metrics(obs, sim, hold)
-    free_names = []
-    for st, res in zip(cfg.stages, stages):
-        if res.skipped is None:
-            free_names += [n for n in res.fitted if n not in free_names]
+    free_names = fitted_names(stages)
     events = any(st.events for st, res in zip(cfg.stages, stages) if res.skipped is None)
     ident = None
     if identifiability and free_names:

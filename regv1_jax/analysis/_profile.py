@@ -428,12 +428,10 @@ def point_residual_fn(setup: ProfileSetup, name: str, value: float,
 def setup_from_calibration(cal) -> ProfileSetup:
     """The :class:`ProfileSetup` of a finished ``calibrate_site`` (its estimate, training
     targets, calibrated set and whether its objective held the event constraints)."""
-    from .._fit import training_targets
+    from .._fit import fitted_names, training_targets
 
     run = [(st, res) for st, res in zip(cal.config.stages, cal.stages) if res.skipped is None]
-    free = []
-    for _, res in run:
-        free += [n for n in res.fitted if n not in free]
+    free = fitted_names(cal.stages)
     events = any(st.events for st, _ in run)
     targets = training_targets(cal.observations, cal.forcing, cal.holdout_years,
                                cal.params.dtype)

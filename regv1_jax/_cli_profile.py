@@ -213,6 +213,11 @@ def profile_cmd(site, data, region, from_cal, config_file, start, end, holdout, 
         files = write_profile(profs, tmp, settings, title=f"{s.name}: profile likelihood")
     click.echo(f"[{time.time() - t0:6.1f}s] wrote {out_path}/: " + ", ".join(files)
                + ", manifest.json")
+    echo_profiles(profs)
+
+
+def echo_profiles(profs) -> None:
+    """One line per profile: estimate, 95% LR interval, open sides, flat, point status."""
     for p in profs:
         flags = [w for w, on in (("open below", p.open_lower), ("open above", p.open_upper),
                                  ("FLAT", p.flat)) if on]

@@ -487,8 +487,14 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
                     if uncertainty else [])
         files = write_outputs(cal, tmp, bootstrap=boot_res, sections=sections)
     finish_site_bootstrap(out_path)
+    sub = [d + "/" for d in ("profile", "identify") if (out_path / d).is_dir()]
     click.echo(f"[{time.time() - t0:6.1f}s] wrote {out_path}/: "
-               + ", ".join(sorted(Path(f).name for f in files.values())) + ", manifest.json")
+               + ", ".join(sorted(Path(f).name for f in files.values()) + sub)
+               + ", manifest.json")
+    if profs:
+        from ._cli_profile import echo_profiles
+
+        echo_profiles(profs)
     for k, v in cal.criteria.items():
         res = v.get("pass")
         click.echo(f"  {k}: {'n/a' if res is None else ('pass' if res else 'FAIL')}")

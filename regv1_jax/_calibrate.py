@@ -469,8 +469,9 @@ def _adam(loss, u0, mask_vec, cfg):
 
 
 def _spd_solve(M, b):
-    """``M^{-1} b`` for a small symmetric positive-definite ``M`` (K x K, K static): a
-    Cholesky factorisation and two triangular solves written in jnp, unrolled over K.
+    """``M^{-1} b`` for a small symmetric positive-definite ``M`` (K x K): a Cholesky
+    factorisation and two triangular solves in jnp, each a ``fori_loop`` over K (a small
+    trace: the staged fit compiles once for every stage and start).
 
     Not ``jnp.linalg.solve``: under ``vmap`` on CPU that is a LAPACK custom call whose
     batch loop runs on XLA's intra-op thread pool, and with several host devices running
@@ -479,17 +480,20 @@ def _spd_solve(M, b):
     vectorises over the batch.  A non-positive pivot gives NaN (the caller rejects the
     step)."""
     K = M.shape[0]
-    L = jnp.zeros_like(M)
-    for j in range(K):
-        s = M[j:, j] - L[j:, :j] @ L[j, :j]
-        L = L.at[j:, j].set(s / jnp.sqrt(jnp.where(s[0] > 0, s[0], jnp.nan)))
-    y = jnp.zeros_like(b)
-    for i in range(K):
-        y = y.at[i].set((b[i] - L[i, :i] @ y[:i]) / L[i, i])
-    x = jnp.zeros_like(b)
-    for i in reversed(range(K)):
-        x = x.at[i].set((y[i] - L[i + 1:, i] @ x[i + 1:]) / L[i, i])
-    return x
+    idx = jnp.arange(K)
+
+    def column(j, L):  # columns >= j of L are still zero, so L @ L[j] sums k < j only
+        s = M[:, j] - L @ L[j]
+        piv = jnp.sqrt(jnp.where(s[j] > 0, s[j], jnp.nan))
+        return L.at[:, j].set(jnp.where(idx >= j, s / piv, 0.0))
+
+    L = jax.lax.fori_loop(0, K, column, jnp.zeros_like(M))
+    diag = jnp.diagonal(L)
+    y = jax.lax.fori_loop(0, K, lambda i, y: y.at[i].set((b[i] - L[i] @ y) / diag[i]),
+                          jnp.zeros_like(b))
+    return jax.lax.fori_loop(
+        0, K, lambda k, x: x.at[K - 1 - k].set((y[K - 1 - k] - L[:, K - 1 - k] @ x)
+                                               / diag[K - 1 - k]), jnp.zeros_like(b))
 
 
 def _levenberg_marquardt(res, u0, S, cfg):

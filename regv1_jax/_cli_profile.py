@@ -9,7 +9,6 @@ throughout: deviances are differences of losses.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,8 +17,6 @@ import click
 
 from .cli import (
     CACHE_HELP,
-    _load_site,
-    _parse_holdout,
     check_years,
     cli_errors,
     command_manifest,
@@ -99,26 +96,14 @@ def _read_calibration(folder: str, space, site: str) -> dict:
 
 
 def _inputs(site, data, region, from_cal, config_file, start, end, holdout):
-    """Checked inputs (before any compilation)."""
-    from ._calibrate import CalibrationConfig, load_config
-    from ._data import DataError, convert_gauge
+    """Checked inputs (before any compilation): ``calibrate``'s (``calibration_inputs``)
+    and the earlier calibration folder, if any."""
+    from .cli import calibration_inputs
 
     check_years(start, end, min_years=2)
+    cfg, s, space, _, _, y0, y1 = calibration_inputs(
+        site, data, region, config_file, start, end, None, None, None, holdout, None, None)
     with cli_errors():
-        cfg = load_config(config_file) if config_file else CalibrationConfig()
-        if holdout is not None:
-            cfg = dataclasses.replace(cfg, holdout=_parse_holdout(holdout))
-        s, space = _load_site(site, data, region)
-        if s.observations is None:
-            raise DataError(f"site {site!r} has no bundled data: pass --data FILE.csv")
-        for st in cfg.stages:
-            st.check(space)
-        obs = convert_gauge(s.observations, s.area_km2)
-        s = dataclasses.replace(s, observations=obs)
-        y0 = int(obs.years[0]) if start is None else start
-        y1 = end if end is not None else max(
-            int(obs.years[-1]), cfg.holdout[1] if isinstance(cfg.holdout, tuple) else 0)
-        check_years(y0, y1, min_years=2)
         calib = _read_calibration(from_cal, space, s.name) if from_cal else None
     return cfg, s, space, y0, y1, calib
 

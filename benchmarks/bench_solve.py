@@ -232,8 +232,9 @@ def run(args):
 
     # ---- loop kernels per right-hand-side evaluation --------------------------------------
     probe = space.sample_prior(jax.random.fold_in(key, 3), 1024, dtype=dtype)
-    hlo = _ensemble._run.lower(probe, f_dt, 1024, n_lag=3, steps_per_year=S, target=None,
-                               threads=0, chunk=None, devices=None).compile().as_text()
+    hlo = _ensemble._run.lower(probe, f_dt, np.array([1024], np.int32), n_lag=3,
+                               steps_per_year=S, target=None, threads=0, chunk=None,
+                               devices=None).compile().as_text()
     vm_hlo = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S))
                      ).lower(probe).compile().as_text()
     from regv1_jax import _kernel

@@ -100,8 +100,9 @@ def test_kernel_is_the_cpu_default_and_one_custom_call():
     draws = _draws(64, jnp.float64)
     f = yanhe_forcing().astype(jnp.float64)
     target = _kernel.target(draws, Layout(), jnp.float64)
-    hlo = _ensemble._run.lower(draws, f, 64, n_lag=3, steps_per_year=12, target=target,
-                               threads=1, chunk=None, devices=None).compile().as_text()
+    hlo = _ensemble._run.lower(draws, f, np.array([64], np.int32), n_lag=3, steps_per_year=12,
+                               target=target, threads=1, chunk=None,
+                               devices=None).compile().as_text()
     # The whole time loop is one call of the generated kernel; no XLA loop over time steps
     # (the only loop left is the bisection of the initial soil moisture).
     assert hlo.count("custom_call_target=\"" + target) == 1
@@ -118,8 +119,9 @@ def test_xla_path_fuses_each_rk4_step():
     """
     draws = _draws(256, jnp.float32)
     f = yanhe_forcing().astype(jnp.float32)
-    hlo = _ensemble._run.lower(draws, f, 256, n_lag=3, steps_per_year=12, target=None,
-                               threads=0, chunk=None, devices=None).compile().as_text()
+    hlo = _ensemble._run.lower(draws, f, np.array([256], np.int32), n_lag=3,
+                               steps_per_year=12, target=None, threads=0, chunk=None,
+                               devices=None).compile().as_text()
     per_eval = _ensemble.loop_body_fusions(hlo) / (4 * 12)
     assert 1 <= per_eval <= 40, per_eval
 
@@ -157,13 +159,17 @@ SHARDED = textwrap.dedent("""
     space = r.load_param_space("LoessPlateau")
     f = r.make_forcing(1995, 2015, rainfall=450.0, intensity=1.0,
                        psi_plant=r.grain_for_green(1995, 2015))
-    d = space.sample_prior(jax.random.PRNGKey(9), 4 * 1024 + 3, dtype=jnp.float64)
-    for kw in (dict(), dict(kernel=False)):
-        one = r.simulate_ensemble(d, f, devices=jax.devices()[:1], **kw)
-        four = r.simulate_ensemble(d, f, **kw)
-        for k in ("V", "SOM", "theta", "runoff", "erosion", "drainage", "status"):
-            np.testing.assert_allclose(getattr(four, k), getattr(one, k), rtol=1e-13,
-                                       atol=1e-13, err_msg=k)
+    # 4 * 1024 + 3: padded at the end of the batch; 4 * 1100: each device's 1100 members
+    # padded to 1152 on that device.
+    for n in (4 * 1024 + 3, 4 * 1100):
+        d = space.sample_prior(jax.random.PRNGKey(n), n, dtype=jnp.float64)
+        for kw in (dict(), dict(kernel=False)):
+            one = r.simulate_ensemble(d, f, devices=jax.devices()[:1], **kw)
+            four = r.simulate_ensemble(d, f, **kw)
+            assert four.V.shape == (n, 21)
+            for k in ("V", "SOM", "theta", "runoff", "erosion", "drainage", "status"):
+                np.testing.assert_allclose(getattr(four, k), getattr(one, k), rtol=1e-13,
+                                           atol=1e-13, err_msg=k)
     print("SHARDED OK")
 """)
 

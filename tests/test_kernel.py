@@ -1,0 +1,82 @@
+"""The generated RK4 kernel's own pieces: its exp and log against numpy, its build.
+
+The kernel's solves are checked against ``simulate(method="rk4")`` in ``test_ensemble.py``;
+these tests pin the math functions it inlines (in ulps, over the whole range, special values
+included) and that loading it leaves the process's floating-point mode alone.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import loess
+
+from regv1_jax import _kernel
+from regv1_jax._model import Layout
+
+DTYPES = (np.float32, np.float64)
+
+
+def _target(dtype):
+    _, p = loess(jnp.dtype(dtype))
+    name = _kernel.target(p, Layout(), dtype)
+    if name is None:
+        pytest.skip("no C++ compiler: the kernel is not built")
+    return name
+
+
+def _ulps(got, want, dtype):
+    """|got - want| in units of the spacing of ``dtype`` at ``want`` (``want`` exact)."""
+    want = np.asarray(want, np.longdouble)
+    spacing = np.spacing(np.abs(want).astype(dtype)).astype(np.longdouble)
+    return np.abs(got.astype(np.longdouble) - want) / spacing
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_within_two_ulp(dtype):
+    name = _target(dtype)
+    fi = np.finfo(dtype)
+    lo = np.log(float(fi.smallest_subnormal)) + 1.0
+    x = np.concatenate([np.exp(np.linspace(lo, np.log(float(fi.max)), 100_003)),
+                        np.linspace(0.5, 2.0, 50_001)]).astype(dtype)
+    x = x[(x > 0) & np.isfinite(x)]
+    got = _kernel.vector_math(name, "log", x)
+    want = np.log(x.astype(np.longdouble))
+    assert _ulps(got, want, dtype).max() <= 2.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exp_within_one_ulp_and_right_at_the_ends(dtype):
+    name = _target(dtype)
+    fi = np.finfo(dtype)
+    top = float(np.log(np.longdouble(fi.max)))
+    x = np.linspace(-top - 40, top + 5, 200_001).astype(dtype)
+    got = _kernel.vector_math(name, "exp", x)
+    want = np.exp(x.astype(np.longdouble))
+    normal = (want >= fi.tiny) & (want <= fi.max)
+    assert _ulps(got[normal], want[normal], dtype).max() <= 1.5
+    assert np.all(np.isinf(got[want > fi.max]))
+    # subnormal results: within one smallest subnormal; below half of it, zero
+    sub = want < fi.tiny
+    err = np.abs(got[sub].astype(np.longdouble) - want[sub]) / float(fi.smallest_subnormal)
+    assert err.max() <= 1.0 and np.all(got[sub] >= 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_values(dtype):
+    name = _target(dtype)
+    x = np.array([0.0, -0.0, -1.0, np.inf, -np.inf, np.nan, np.finfo(dtype).tiny / 8], dtype)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(_kernel.vector_math(name, "log", x), np.log(x))
+    x = np.array([0.0, -np.inf, np.inf, np.nan, 1e4, -1e4], dtype)
+    np.testing.assert_array_equal(_kernel.vector_math(name, "exp", x),
+                                  np.array([1.0, 0.0, np.inf, np.nan, np.inf, 0.0], dtype))
+
+
+def test_loading_the_kernel_keeps_subnormals():
+    """The kernel is compiled with -ffast-math but linked without it: GCC's crtfastmath.o
+    would set flush-to-zero for the whole process when the library loads."""
+    for dtype in DTYPES:
+        _target(dtype)
+    tiny = np.array([5e-324, 1e-310])
+    assert np.all(tiny * 1.0 == tiny) and np.all(tiny > 0)
+    assert np.spacing(np.float64(1e-304)) > 0

@@ -2,15 +2,17 @@
 
 The default call picks the fast configuration by itself:
 
-* **Buckets.** The batch is padded (with copies of its first member) to a size bucket, eight
-  per octave (at most 12.5% padding) and to a multiple of the device count, so that a study
-  whose batch sizes vary compiles a handful of shapes, not one per size.  The kernel does not
-  solve the padding (the true size is a traced operand), so it costs no kernel time.
-* **Kernel (CPU).** On a CPU device the RK4 loop runs in a C++ kernel generated from
-  ``rate_terms`` (``_kernel.py``): one pass over a block of members per right-hand-side
-  evaluation, parameter- and driver-only terms hoisted, OpenMP threads over blocks; it also
-  reports which members stayed finite (the status).  XLA does the rest (initial state,
-  drivers, observation operators).
+* **Buckets.** Each device's share of the batch is padded (with copies of its first member)
+  to a size bucket, eight per octave (at most 12.5% padding), so that a study whose batch
+  sizes vary compiles a handful of shapes, not one per size; the padding sits on its own
+  device, so removing it moves no data between devices.  The kernel does not solve the
+  padding (the true size is a traced operand), so it costs no kernel time.
+* **Kernel (CPU).** On a CPU device the whole solve runs in a C++ kernel generated from
+  ``initial_terms``, ``drivers``, ``rate_terms`` and ``observe_year`` (``_kernel.py``): one
+  pass over a block of members per right-hand-side evaluation, parameter- and driver-only
+  terms hoisted, annual outputs computed in the kernel (no state grid), OpenMP threads over
+  blocks; it also reports which members stayed finite (the status).  XLA only stacks the
+  parameters and lays out the outputs, in L3-sized chunks.
 * **XLA (any device, or no compiler).** The batch-last state ``(D, B)`` inside ``lax.scan``,
   on CPU in chunks sized to the L2 cache (``chunk_size``); small batches (``<= SMALL_BATCH``)
   take ``vmap`` of the per-sample solve, which has fewer, smaller kernels.
@@ -36,9 +38,9 @@ from jax.sharding import Mesh, PartitionSpec
 
 from . import _kernel
 from ._forcing import Forcing
-from ._model import N_LAG_DEFAULT, Layout, initial_state, year_drivers
+from ._model import N_LAG_DEFAULT, Layout
 from ._params import Params
-from ._solve import NONFINITE, OK, Simulation, _solve_rk4, observe, simulate
+from ._solve import NONFINITE, OK, Simulation, _solve_rk4, assemble, observe, simulate
 
 __all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "loop_body_fusions",
            "SMALL_BATCH"]
@@ -107,9 +109,9 @@ def _observe_batch(ys, params, forcing, layout, status=None):
 
 def _kernel_chunk(n: int) -> int | None:
     """Members per ``lax.map`` chunk around the kernel: the largest power of two up to
-    ``KERNEL_CHUNK`` that divides ``n`` (None: one call).  Bounds the state grid and the
-    observation pass of a chunk to a few tens of MB (L3) instead of ~260 MB at 100k members
-    (float32); +10-15% measured at 100k."""
+    ``KERNEL_CHUNK`` that divides ``n`` (None: one call).  Keeps the XLA passes around the
+    kernel (parameter stacking, output layout) in cache: with the kernel computing the
+    outputs itself, still +14% at 100k float32 members on 2 devices (290k vs 254k/s)."""
     c = KERNEL_CHUNK
     while c >= KERNEL_CHUNK // 8:
         if n % c == 0 and n > c:
@@ -129,15 +131,14 @@ def _kernel_solve(params, forcing, layout, steps_per_year, target, threads, nval
         out = jax.lax.map(lambda a: _kernel_solve(a[0], forcing, layout, steps_per_year,
                                                   target, threads, a[1]), (chunks, counts))
         return jax.tree_util.tree_map(lambda x: x.reshape((B,) + x.shape[2:]), out)
-    y0 = initial_state(params, year_drivers(params, forcing), layout)  # (D, B)
     prm = jnp.stack(jax.tree_util.tree_leaves(params))  # (NP, B)
     # The year's drivers are computed in the kernel from the shared forcing (once per year
     # and block; as an XLA pass over (years, B) their powers were 6% of a float64 solve).
     fv = jnp.stack([forcing.rainfall, forcing.intensity, forcing.psi_plant,
                     forcing.psi_eng], axis=1)  # (NY, 4)
-    ys, finite = _kernel.rk4_grid(target, y0, prm, fv, steps_per_year, threads, nvalid)
+    obs, finite = _kernel.rk4_observed(target, prm, fv, steps_per_year, threads, nvalid)
     status = jnp.where(finite == 1, OK, NONFINITE).astype(jnp.int32)
-    return _observe_batch(ys, params, forcing, layout, status)
+    return jax.vmap(lambda v, s: assemble(v, s, forcing), in_axes=(1, 0))(tuple(obs), status)
 
 
 def _xla_solve(params, forcing, layout, steps_per_year, chunk):

@@ -1,28 +1,35 @@
-"""A CPU kernel for the forward RK4 ensemble, generated from :func:`rate_terms`.
+"""A CPU kernel for the forward RK4 ensemble, generated from the model's own functions.
 
 XLA:CPU has no multi-output loop fusion: a right-hand side of ~15 components compiles to
 ~24 loop kernels (one full pass over the batch each), so the fused XLA ensemble runs at a
-third of what the CPU does.  This module writes the one right-hand side once more, but
-*mechanically*: it traces ``rate_terms`` on scalars to a jaxpr and prints that jaxpr as C++
-(one statement per equation), so the model is never written twice by hand and the lead's
-equations land here when ``rate_terms`` changes.  Equations are sorted by what they depend
-on: parameters only (once per member), also the year's drivers (once per year), the state
-(every evaluation; :func:`rhs_source` reports the counts).  The C++ driver runs RK4 over
-blocks of two SIMD registers of members (32 float32 / 16 float64) with the batch innermost
-(``#pragma omp simd``, the two register-wide halves interleaved, one pass per evaluation
-with the block's state in L1), the rest of the batch in blocks of one register (B = 1
-computes 16 lanes, not 32), and the blocks spread over OpenMP threads.  It also reports which
-members' grids are finite (as an XLA reduction over the grid it was 80% of the observation
-pass) and skips the members past ``nvalid`` (bucket padding).  It is built once
-per (model, dtype, machine) with the system C++ compiler, cached on disk, and called through
-the XLA FFI; :func:`available` says whether that worked (no compiler: the XLA path).
+third of what the CPU does.  This module writes the model once more, but *mechanically*: it
+traces ``drivers`` + ``rate_terms`` (the right-hand side), ``initial_terms`` (the initial
+state, its bisection a counted loop) and ``observe_year`` (the annual outputs) on scalars to
+jaxprs and prints them as C++ (one statement per equation), so the model is never written
+twice by hand and a change of the equations lands here.  Right-hand-side equations are
+sorted by what they depend on: parameters only (once per member), also the year's forcing
+(once per year: the drivers), the state (every evaluation; :func:`rhs_source` reports the
+counts).
 
-Where the time goes (float32, AMD EPYC Zen 4, 2026-11): the evaluation is bound by vector
-arithmetic throughput (AVX-512 runs at half width on Zen 4); the five exp/log of an
-evaluation (libmvec) are about half of it; an inlined polynomial exp/log measured no faster.
+The C++ driver runs RK4 over blocks of ``GROUPS`` SIMD registers of members (64 float32 /
+32 float64) with the batch innermost (``#pragma omp simd``; the register-wide groups
+interleaved, so four independent dependency chains are in flight), one pass per evaluation
+with the block's state in L1, the four stage updates fused into the evaluations (the
+derivative never leaves registers; stage inputs only for components the right-hand side
+reads).  exp and log are inlined polynomials (``_VMATH``: a libmvec call spills every
+register).  The rest of the batch runs in blocks of one register (B = 1 computes 16 lanes),
+blocks spread over OpenMP threads.  At each year's end it computes the annual outputs, so
+no state grid is written; it reports which members stayed finite and skips the members past
+``nvalid`` (bucket padding).  It is built once per (model, dtype, machine) with the system
+C++ compiler (compiled with -ffast-math, linked without it), cached on disk, and called
+through the XLA FFI; :func:`available` says whether that worked (no compiler: XLA path).
 
-Forward only (no gradients); the state grid it returns is the one ``solve_grid`` returns
-for ``method="rk4"``, and ``tests/test_ensemble.py`` checks member by member that both agree.
+Where the time goes (AMD EPYC Zen 4, 2 cores, 2026-11): the evaluation is bound by vector
+arithmetic (AVX-512 runs at half width on Zen 4), ~300 vector operations per evaluation and
+register group in float32, of which exp/log/sqrt/division are about half.
+
+Forward only (no gradients); ``tests/test_ensemble.py`` checks member by member that its
+outputs equal ``simulate(method="rk4")``'s.
 """
 
 from __future__ import annotations
@@ -43,9 +50,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._model import Layout, drivers, rate_terms
+from ._model import Layout, drivers, initial_terms, rate_terms
+from ._solve import OBSERVED, observe_year
 
-__all__ = ["available", "rk4_grid", "rhs_source", "vector_math", "BLOCK", "GROUPS"]
+__all__ = ["available", "rk4_observed", "rhs_source", "initial_source", "observation_source",
+           "vector_math", "BLOCK", "GROUPS"]
 
 # Interleaved lane groups (SIMD registers) per block: an evaluation is a long serial chain
 # (log, exp, ..., log, exp); four independent chains keep the vector units busy.  Measured
@@ -142,6 +151,11 @@ class _Emitter:
         self.lines[level].append(f"const {ctype} {name} = {expr};")
         return (level, name, False)
 
+    @staticmethod
+    def ctype(aval):
+        dt = np.dtype(aval.dtype)
+        return "bool" if dt == np.bool_ else ("long" if np.issubdtype(dt, np.integer) else "T")
+
     def eqn(self, eqn, ins):
         name = eqn.primitive.name
         aval = eqn.outvars[0].aval
@@ -166,6 +180,10 @@ class _Emitter:
             return [self.let(f"static_cast<{ctype}>({{0}})", ins, aval, ctype)]
         if name in _IDENTITY:
             return [ins[0]]
+        if name == "add_any":
+            return [self.let("({0} + {1})", ins, aval)]
+        if name == "scan" and hasattr(self, "scan"):
+            return self.scan(eqn, ins)
         if name == "integer_pow":
             k = int(eqn.params["y"])
             if k == 0:
@@ -190,6 +208,87 @@ def _scalar_rhs(p_treedef, n_params, layout):
         return rate_terms(y, p, d, layout, jnp)
 
     return f
+
+
+class _SegmentEmitter(_Emitter):
+    """Prints a scalar jaxpr with ``fori_loop``s (``scan`` without per-iteration inputs or
+    outputs) as vectorisable C++: straight-line *segments*, each one SIMD loop over the
+    lanes, and each ``scan`` a counted loop around a SIMD loop over the lanes (GCC does not
+    vectorise a lane loop that contains the counted loop).  A value used in a later segment
+    than its own, and every loop carry, lives in ``SG[slot * W + i]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.segments = [("simd", [], [])]  # (kind, lines, stores)
+        self.defseg = {}
+        self.slots = {}
+
+    def slot(self, name):
+        if name not in self.slots:
+            self.slots[name] = len(self.slots)
+        return self.slots[name]
+
+    def ref(self, atom, level=2):
+        _, name, direct = atom
+        if direct or self.defseg.get(name) == len(self.segments) - 1:
+            return name
+        k = self.slot(name)
+        stores = self.segments[self.defseg[name]][2]
+        if k not in [x for x, _ in stores]:
+            stores.append((k, name))
+        return f"SG[{k} * W + i]"
+
+    def let(self, template, ins, aval, ctype=None):
+        if all(a[0] < 0 for a in ins):
+            return super().let(template, ins, aval, ctype)
+        expr = template.format(*[self.ref(a) for a in ins])
+        self.n += 1
+        name = f"t{self.n}"
+        self.segments[-1][1].append(f"const {ctype or self.ctype(aval)} {name} = {expr};")
+        self.defseg[name] = len(self.segments) - 1
+        return (2, name, False)
+
+    def scan(self, eqn, ins):
+        prm = eqn.params
+        nc, nk, body = prm["num_consts"], prm["num_carry"], prm["jaxpr"]
+        if len(ins) != nc + nk or len(eqn.outvars) != nk:
+            raise ValueError("scan with per-iteration inputs or outputs is not supported")
+        slots = []
+        for a in ins[nc:]:
+            self.n += 1
+            k = self.slot(f"carry{self.n}")
+            self.segments[-1][1].append(f"SG[{k} * W + i] = {self.ref(a)};")
+            slots.append(k)
+        self.segments.append((("loop", int(prm["length"])), [], []))
+        seg = len(self.segments) - 1
+        carries = []
+        for k, v in zip(slots, body.jaxpr.invars[nc:]):
+            self.n += 1
+            carries.append((2, f"c{self.n}", False))
+            self.segments[-1][1].append(f"const {self.ctype(v.aval)} c{self.n} = "
+                                        f"SG[{k} * W + i];")
+            self.defseg[f"c{self.n}"] = seg
+        outs = self.jaxpr(body.jaxpr, body.consts, list(ins[:nc]) + carries)
+        news = [self.ref(o) for o in outs]
+        self.segments[-1][1].extend(f"SG[{k} * W + i] = {x};" for k, x in zip(slots, news))
+        self.segments.append(("simd", [], []))
+        return [(2, f"SG[{k} * W + i]", True) for k in slots]
+
+    def render(self, tail):
+        """C++ of every segment, ``tail`` (statements) at the end of the last."""
+        self.segments[-1][1].extend(tail)
+        out = [f"alignas(64) T SG[{max(len(self.slots), 1)} * W];"]
+        for kind, lines, stores in self.segments:
+            body = lines + [f"SG[{k} * W + i] = {n};" for k, n in stores]
+            if not body:
+                continue
+            loop = ["#pragma omp simd", "for (int i = 0; i < W; ++i) {",
+                    *["  " + x for x in body], "}"]
+            if kind != "simd":
+                loop = [f"for (long it = 0; it < {kind[1]}; ++it) {{",
+                        *["  " + x for x in loop], "}"]
+            out.extend(loop)
+        return "\n  ".join(out)
 
 
 def rhs_source(p_def, layout: Layout, dtype) -> dict:
@@ -226,6 +325,49 @@ def rhs_source(p_def, layout: Layout, dtype) -> dict:
                 equations=dict(per_member=len(em.lines[0]), per_year=len(em.lines[1]),
                                per_evaluation=len(em.lines[2]),
                                hoisted_loads=len(em.stores[0]) + len(em.stores[1])))
+
+
+def initial_source(p_def, layout: Layout, dtype) -> dict:
+    """C++ of the initial state, from ``drivers`` and ``initial_terms``: reads ``P`` and the
+    first year's forcing ``DR``, writes ``Y[c * W + i]`` (the bisection of the initial soil
+    moisture becomes a counted loop)."""
+    n_p = p_def.num_leaves
+
+    def f(*flat):
+        p = jax.tree_util.tree_unflatten(p_def, flat[:n_p])
+        return initial_terms(p, drivers(p, *flat[n_p:]), layout, jnp)
+
+    s = jax.ShapeDtypeStruct((), dtype)
+    closed = jax.make_jaxpr(f)(*[s] * (n_p + N_FORCING))
+    em = _SegmentEmitter()
+    args = ([(2, f"P[{j} * W + i]", True) for j in range(n_p)]
+            + [(2, f"DR[{j} * W + i]", True) for j in range(N_FORCING)])
+    outs = em.jaxpr(closed.jaxpr, closed.consts, args)
+    if len(outs) != layout.size:
+        raise ValueError(f"initial_terms returned {len(outs)} components, the layout has "
+                         f"{layout.size}")
+    return dict(INIT=em.render([f"Y[{c} * W + i] = {em.ref(o)};" for c, o in enumerate(outs)]))
+
+
+def observation_source(p_def, layout: Layout, dtype) -> dict:
+    """C++ of the observation step of a year, from ``observe_year``: reads ``P`` and the
+    states at the start (``S0``), middle (``S1``) and end (``Y``) of the year, writes the
+    outputs ``OB[k * W + i]`` in ``OBSERVED`` order."""
+    n_p, D = p_def.num_leaves, layout.size
+
+    def f(*flat):
+        p = jax.tree_util.tree_unflatten(p_def, flat[:n_p])
+        s0, s1, y = (tuple(flat[n_p + k * D:n_p + (k + 1) * D]) for k in range(3))
+        return observe_year(s0, s1, y, p, layout)
+
+    s = jax.ShapeDtypeStruct((), dtype)
+    closed = jax.make_jaxpr(f)(*[s] * (n_p + 3 * D))
+    em = _Emitter()  # every input at the evaluation level: nothing hoisted (once a year)
+    args = ([(2, f"P[{j} * W + i]", True) for j in range(n_p)]
+            + [(2, f"{a}[{c} * W + i]", True) for a in ("S0", "S1", "Y") for c in range(D)])
+    outs = em.jaxpr(closed.jaxpr, closed.consts, args)
+    lines = em.lines[2] + [f"OB[{k} * W + i] = {em.ref(o, 2)};" for k, o in enumerate(outs)]
+    return dict(OBS="\n      ".join(lines), NO=len(outs))
 
 
 def _stage_update(c: int, expr: str, read: bool = True) -> str:
@@ -278,6 +420,7 @@ constexpr int NP = @NP@;
 constexpr int ND = @ND@;
 constexpr int N0 = @N0@;
 constexpr int N1 = @N1@;
+constexpr int NO = @NO@;  // annual outputs
 constexpr int64_t MIN_BLOCKS = 8;
 
 @VMATH@
@@ -329,15 +472,31 @@ static inline void load(T* __restrict dst, const T* __restrict src, int64_t n) {
   for (int64_t i = n; i < W; ++i) dst[i] = src[0];
 }
 
-// Writes lanes [0, n) of the state to row ``g`` and clears ``bad`` lanes that are not
-// finite (tested on the bits: -ffast-math lets the compiler assume finite values).
+// The observation step of a year (generated from observe_year): the outputs from the
+// states at the start (S0), middle (S1) and end (Y) of the year.
 template <int W>
-static inline void store(T* __restrict g, int64_t stride, const T* __restrict Y, int64_t n,
-                         U* __restrict bad) {
+static inline void observe(const T* __restrict P, const T* __restrict S0,
+                           const T* __restrict S1, const T* __restrict Y, T* __restrict OB) {
+  #pragma omp simd
+  for (int i = 0; i < W; ++i) {
+      @OBS@
+  }
+}
+
+// The initial state (generated from initial_terms) from the parameters and the first
+// year's forcing.
+template <int W>
+static inline void init(const T* __restrict P, const T* __restrict DR, T* __restrict Y) {
+  @INIT@
+}
+
+// Sets ``bad`` on lanes whose state is not finite (tested on the bits: -ffast-math lets
+// the compiler assume finite values).
+template <int W>
+static inline void check(const T* __restrict Y, U* __restrict bad) {
   constexpr U absm = ~U(0) >> 1;
   const U inf = U(absm ^ (absm >> (sizeof(T) == 4 ? 8 : 11)));  // exponent bits all set
   for (int c = 0; c < D; ++c) {
-    std::memcpy(g + c * stride, Y + c * W, n * sizeof(T));
     #pragma omp simd
     for (int i = 0; i < W; ++i) {
       U u;
@@ -349,20 +508,23 @@ static inline void store(T* __restrict g, int64_t stride, const T* __restrict Y,
 
 // RK4 over every year for members [o, o + n) (n <= W) of the problem.
 template <int W>
-static void block(const T* __restrict Y0, const T* __restrict PR, const T* __restrict FV,
-                  T* __restrict G, int32_t* __restrict OK, int64_t B, int64_t NY,
+static void block(const T* __restrict PR, const T* __restrict FV,
+                  T* __restrict O, int32_t* __restrict OK, int64_t B, int64_t NY,
                   int64_t steps, int64_t o, int64_t n) {
   const double h = 1.0 / double(steps);
   const T half_h = T(0.5 * h), full_h = T(h), sixth_h = T(h / 6.0);
   const int64_t half = steps / 2;
   alignas(64) T P[NP * W], DR[ND * W], H0[N0 * W], H1[N1 * W], Y[D * W], A[D * W];
-  alignas(64) T Z2[D * W], Z3[D * W];
+  alignas(64) T Z2[D * W], Z3[D * W], S0[D * W], S1[D * W], OB[NO * W];
   alignas(64) U bad[W] = {};
   for (int j = 0; j < NP; ++j) load<W>(P + j * W, PR + j * B + o, n);
   pre0<W>(P, H0);
-  for (int c = 0; c < D; ++c) load<W>(Y + c * W, Y0 + c * B + o, n);
-  store<W>(G + o, B, Y, n, bad);
+  for (int j = 0; j < ND; ++j)
+    for (int i = 0; i < W; ++i) DR[j * W + i] = FV[j];
+  init<W>(P, DR, Y);
+  check<W>(Y, bad);
   for (int64_t yr = 0; yr < NY; ++yr) {
+    std::memcpy(S0, Y, sizeof(S0));
     for (int j = 0; j < ND; ++j)
       for (int i = 0; i < W; ++i) DR[j * W + i] = FV[yr * ND + j];
     pre1<W>(P, H0, DR, H1);
@@ -376,20 +538,24 @@ static void block(const T* __restrict Y0, const T* __restrict PR, const T* __res
         rhs<W, 3>(P, H0, DR, H1, Z3, Y, Z2, A, half_h, full_h, sixth_h);
         rhs<W, 4>(P, H0, DR, H1, Z2, Y, Z3, A, half_h, full_h, sixth_h);
       }
-      store<W>(G + (2 * yr + 1 + hf) * D * B + o, B, Y, n, bad);
+      check<W>(Y, bad);
+      if (hf == 0) std::memcpy(S1, Y, sizeof(S1));
     }
+    observe<W>(P, S0, S1, Y, OB);
+    for (int k = 0; k < NO; ++k)
+      std::memcpy(O + (k * NY + yr) * B + o, OB + k * W, n * sizeof(T));
   }
   for (int64_t i = 0; i < n; ++i) OK[o + i] = bad[i] == 0;
 }
 
-// The RK4 solves: Y0 (D, B), PR (NP, B), FV (NY, ND) (the forcing every member shares)
-// -> G (2 NY + 1, D, B) and OK (B,)
-// (1 where every value of the member's grid is finite).  Members [nvalid, B) (the padding
-// of a bucket) are not solved: their rows are zero and OK is 1.  Full blocks of WB members
+// The RK4 solves: PR (NP, B), FV (NY, ND) (the forcing every member shares)
+// -> the annual outputs O (NO, NY, B) and OK (B,) (1 where the member's state stayed
+// finite at every half year).  Members [nvalid, B) (the padding of a bucket) are not
+// solved: their outputs are zero and OK is 1.  Full blocks of WB members
 // spread over the threads, then the rest in blocks of WS (one register: B = 1 costs one
 // lane group, not WB).  A plain C entry point; the FFI handler below wraps it.
-extern "C" void regv1_rk4_run(const T* __restrict Y0, const T* __restrict PR,
-                              const T* __restrict FV, T* __restrict G, int32_t* __restrict OK,
+extern "C" void regv1_rk4_run(const T* __restrict PR,
+                              const T* __restrict FV, T* __restrict O, int32_t* __restrict OK,
                               int64_t B, int64_t nvalid, int64_t NY, int64_t steps,
                               int64_t threads) {
   const int64_t nv = std::max<int64_t>(0, std::min(nvalid, B));
@@ -401,15 +567,15 @@ extern "C" void regv1_rk4_run(const T* __restrict Y0, const T* __restrict PR,
   #pragma omp parallel for schedule(static) num_threads(nt) if(nt > 1)
   for (int64_t b = 0; b < ntasks; ++b) {
     if (b < nfull) {
-      block<WB>(Y0, PR, FV, G, OK, B, NY, steps, b * WB, WB);
+      block<WB>(PR, FV, O, OK, B, NY, steps, b * WB, WB);
     } else {
       const int64_t o = tail0 + (b - nfull) * WS;
-      block<WS>(Y0, PR, FV, G, OK, B, NY, steps, o, std::min<int64_t>(WS, nv - o));
+      block<WS>(PR, FV, O, OK, B, NY, steps, o, std::min<int64_t>(WS, nv - o));
     }
   }
   if (nv < B) {
-    for (int64_t r = 0; r < (2 * NY + 1) * D; ++r)
-      std::memset(G + r * B + nv, 0, (B - nv) * sizeof(T));
+    for (int64_t r = 0; r < NO * NY; ++r)
+      std::memset(O + r * B + nv, 0, (B - nv) * sizeof(T));
     for (int64_t i = nv; i < B; ++i) OK[i] = 1;
   }
 }
@@ -425,18 +591,16 @@ extern "C" void regv1_vmath(int op, const T* __restrict x, T* __restrict y, int6
   }
 }
 
-static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> y0, ffi::Buffer<ffi::@FFI@> prm,
-                      ffi::Buffer<ffi::@FFI@> drv, ffi::Buffer<ffi::S32> nvalid,
-                      ffi::ResultBuffer<ffi::@FFI@> out, ffi::ResultBuffer<ffi::S32> ok,
-                      int64_t steps, int64_t threads) {
-  const int64_t B = y0.dimensions()[1];
-  const int64_t NY = drv.dimensions()[0];
-  if (y0.dimensions().size() != 2 || prm.dimensions().size() != 2
-      || drv.dimensions().size() != 2 || y0.dimensions()[0] != D || prm.dimensions()[0] != NP
-      || drv.dimensions()[1] != ND || prm.dimensions()[1] != B
+static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> prm, ffi::Buffer<ffi::@FFI@> drv,
+                      ffi::Buffer<ffi::S32> nvalid, ffi::ResultBuffer<ffi::@FFI@> out,
+                      ffi::ResultBuffer<ffi::S32> ok, int64_t steps, int64_t threads) {
+  if (prm.dimensions().size() != 2 || drv.dimensions().size() != 2
+      || prm.dimensions()[0] != NP || drv.dimensions()[1] != ND || drv.dimensions()[0] < 1
       || nvalid.element_count() != 1 || steps < 2 || steps % 2)
     return ffi::Error::InvalidArgument("regv1 rk4 kernel: bad shapes or steps");
-  regv1_rk4_run(y0.typed_data(), prm.typed_data(), drv.typed_data(), out->typed_data(),
+  const int64_t B = prm.dimensions()[1];
+  const int64_t NY = drv.dimensions()[0];
+  regv1_rk4_run(prm.typed_data(), drv.typed_data(), out->typed_data(),
                 ok->typed_data(), B, nvalid.typed_data()[0], NY, steps, threads);
   return ffi::Error::Success();
 }
@@ -444,7 +608,6 @@ static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> y0, ffi::Buffer<ffi::@FFI@> prm,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     regv1_rk4, Rk4,
     ffi::Ffi::Bind()
-        .Arg<ffi::Buffer<ffi::@FFI@>>()
         .Arg<ffi::Buffer<ffi::@FFI@>>()
         .Arg<ffi::Buffer<ffi::@FFI@>>()
         .Arg<ffi::Buffer<ffi::S32>>()
@@ -561,6 +724,8 @@ def _source(p_def, layout, dtype):
     dtype = np.dtype(dtype)
     parts = rhs_source(p_def, layout, dtype)
     parts.pop("equations")
+    parts.update(observation_source(p_def, layout, dtype))
+    parts.update(initial_source(p_def, layout, dtype))
     ctype, utype, ffi_t = (("float", "uint32_t", "F32") if dtype == np.float32
                            else ("double", "uint64_t", "F64"))
     src = _DRIVER
@@ -657,21 +822,23 @@ def available(params, layout: Layout, dtype) -> bool:
     return target(params, layout, dtype) is not None
 
 
-def rk4_grid(name: str, y0, prm, forcing_values, steps_per_year: int, threads: int,
-             nvalid=None):
-    """Call the kernel: ``y0 (D, B)``, ``prm (NP, B)``, ``forcing_values (NY, 4)`` (rainfall,
-    intensity, psi_plant, psi_eng of each year, shared by every member) -> the grid
-    ``(2 NY + 1, D, B)`` and ``finite (B,)`` (int32: 1 where the member's grid is finite).
+def rk4_observed(name: str, prm, forcing_values, steps_per_year: int, threads: int,
+                 nvalid=None):
+    """Call the kernel: ``prm (NP, B)`` (the parameter leaves), ``forcing_values (NY, 4)``
+    (rainfall, intensity, psi_plant, psi_eng of each year, shared by every member) -> the
+    annual outputs ``(len(OBSERVED), NY, B)`` of ``observe_year`` and ``finite (B,)``
+    (int32: 1 where the member's state stayed finite).  The kernel computes the initial
+    state itself (``initial_terms``); no state grid is written.
 
     ``nvalid`` (a traced integer, default ``B``): members from there on are padding and are
-    not solved (zero rows, ``finite`` 1).
+    not solved (zero outputs, ``finite`` 1).
     """
-    D, B = y0.shape
+    B = prm.shape[1]
     NY = forcing_values.shape[0]
     nvalid = jnp.asarray(B if nvalid is None else nvalid, jnp.int32).reshape(1)
-    out = (jax.ShapeDtypeStruct((2 * NY + 1, D, B), y0.dtype),
+    out = (jax.ShapeDtypeStruct((len(OBSERVED), NY, B), prm.dtype),
            jax.ShapeDtypeStruct((B,), jnp.int32))
-    return jax.ffi.ffi_call(name, out)(y0, prm, forcing_values, nvalid,
+    return jax.ffi.ffi_call(name, out)(prm, forcing_values, nvalid,
                                        steps=np.int64(steps_per_year),
                                        threads=np.int64(threads))
 

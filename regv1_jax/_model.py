@@ -19,9 +19,9 @@ from ._forcing import Forcing
 from ._params import Params
 
 __all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field",
-           "initial_state", "year_drivers", "equilibrium_theta", "water_fluxes", "sediment",
-           "field_capacity",
-           "som_layers", "som_topsoil", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
+           "initial_state", "initial_terms", "year_drivers", "equilibrium_theta",
+           "water_fluxes", "sediment", "field_capacity", "som_layer", "som_layers",
+           "som_topsoil", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
 
 # Layer thicknesses (m) of the three SOC layers 0-10, 10-20, 20-40 cm.
 LAYER_DEPTHS_M = (0.1, 0.1, 0.2)
@@ -32,8 +32,11 @@ T_HA_TO_KG_M2 = 0.1
 # Floor used inside powers so that d/dexponent stays finite at a zero base.
 TINY = 1e-30
 N_LAG_DEFAULT = 3
-# Bisections of the initial soil moisture under JAX (one Newton step follows).
+# Bisections of the initial soil moisture under JAX (one Newton step follows): 2^-40 of
+# the bracket in float64; 2^-26 in float32, whose 24-bit mantissa the Newton step then
+# reaches (quadratic convergence).
 THETA_BISECTIONS = 40
+THETA_BISECTIONS_F32 = 26
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,20 +100,29 @@ class Drivers(NamedTuple):
 
 
 def drivers(p: Params, P, i, psi_plant, psi_eng) -> Drivers:
-    return Drivers(P, (i / p.i_ref) ** p.omega, (p.i_ref / i) ** p.omega_E, psi_plant, psi_eng)
+    # (i / i_ref)^omega and (i_ref / i)^omega_E from one log (a pow is a slow call in the
+    # ensemble kernel and in XLA:CPU)
+    ratio = i / p.i_ref
+    xp = jnp if isinstance(ratio, jax.Array) else np  # numpy for the scipy reference
+    log_i = xp.log(ratio)
+    return Drivers(P, xp.exp(p.omega * log_i), xp.exp(-p.omega_E * log_i), psi_plant, psi_eng)
+
+
+def som_layer(C_l, rho_b, layer: int):
+    """%SOM of layer ``layer`` (0: 0-10, 1: 10-20, 2: 20-40 cm) from its SOC stock (kg C m^-2)."""
+    return C_l * (SOM_PER_C / (rho_b * LAYER_DEPTHS_M[layer]))
 
 
 def som_layers(C, rho_b, xp=jnp):
     """%SOM of each layer from SOC stocks ``C`` (kg C m^-2, layers on the leading axis)."""
-    d = xp.asarray(LAYER_DEPTHS_M, dtype=xp.asarray(C).dtype).reshape(
-        (3,) + (1,) * (xp.ndim(C) - 1)
-    )
-    return SOM_PER_C * C / (rho_b * d)
+    return xp.stack([som_layer(C[k], rho_b, k) for k in range(3)])
 
 
 def som_topsoil(C0, C1, rho_b):
     """Mass-weighted %SOM of 0-20 cm from the stocks of the two top layers."""
-    return SOM_PER_C * (C0 + C1) / (rho_b * (LAYER_DEPTHS_M[0] + LAYER_DEPTHS_M[1]))
+    # The parameter-only factor first, as one value: the ensemble kernel computes it once
+    # per member (the same holds for the groupings below).
+    return (C0 + C1) * (SOM_PER_C / (rho_b * (LAYER_DEPTHS_M[0] + LAYER_DEPTHS_M[1])))
 
 
 # Smoothing scale (yr^-1) of the split of the threshold feedback F into F+ and F-.
@@ -122,7 +134,7 @@ D_SMOOTH = 1e-2
 
 def field_capacity(p: Params, som_lag):
     """Effective field capacity ``theta_fc + eta1 SOM_lag / Z_r`` (m^3 m^-3)."""
-    return p.theta_fc + p.eta1 * som_lag / p.Z_r
+    return p.theta_fc + som_lag * (p.eta1 / p.Z_r)
 
 
 def smooth_max0(F, xp=jnp, scale=F_SMOOTH):
@@ -134,6 +146,12 @@ def smooth_max0(F, xp=jnp, scale=F_SMOOTH):
 def relative_water(th, fc, theta_wp, xp=jnp):
     """Relative extractable water ``clip((theta - theta_wp) / (fc - theta_wp), 0, 1)``."""
     return xp.clip((th - theta_wp) / (fc - theta_wp), 0.0, 1.0)
+
+
+def infiltration_factor(V, b_V, k_I):
+    """``1 - b_V infiltration_cover(V, k_I)`` as one fraction,
+    ``(k_I + (1 - b_V (1 + k_I)) V) / (V + k_I)``: one division and no cancellation."""
+    return (k_I + (1.0 - b_V * (1.0 + k_I)) * V) / (V + k_I)
 
 
 def infiltration_cover(V, k_I):
@@ -153,27 +171,27 @@ def water_fluxes(th, V, fc, w, p: Params, d: Drivers, xp=jnp):
     """
     log_rel = xp.log(xp.maximum(th / fc, TINY))
     g = xp.exp(p.gamma * xp.minimum(log_rel, 0.0))  # clip(rel, tiny, 1) ** gamma
-    raw = (p.c_R * d.runoff_intensity * g * (1.0 - p.b_V * infiltration_cover(V, p.k_I))
-           * (1.0 - p.b_eng * d.psi_eng))
+    raw = ((p.c_R * d.runoff_intensity * (1.0 - p.b_eng * d.psi_eng))
+           * (g * infiltration_factor(V, p.b_V, p.k_I)))
     # Smooth cap at 1: raw / (1 + raw^8)^(1/8) (differs from raw by < 1e-7 below 0.15),
-    # the eighth root as three square roots (cheaper than a pow).
+    # the eighth root as a reciprocal square root and two square roots.
     raw2 = raw * raw
     raw4 = raw2 * raw2
-    Rc = raw * xp.sqrt(xp.sqrt(xp.sqrt(1.0 / (1.0 + raw4 * raw4))))
-    ET = p.ET_p * (p.e_s + (1.0 - p.e_s) * V) * w
+    Rc = raw * xp.sqrt(xp.sqrt(1.0 / xp.sqrt(1.0 + raw4 * raw4)))
+    ET = (p.ET_p * p.e_s + p.ET_p * (1.0 - p.e_s) * V) * w
     L = p.k_L * xp.exp(p.c_L * log_rel)  # max(rel, tiny) ** c_L
     return d.P * Rc, ET, L
 
 
 def sediment(Q, V, p: Params, d: Drivers, xp=jnp):
     """Sediment E (t ha^-1 yr^-1): ``k_E Q^m_E exp(-c_E V (i_ref/i)^omega_E) (1 - psi_eng)``."""
-    return p.k_E * xp.exp(p.m_E * xp.log(xp.maximum(Q, TINY)) - p.c_E * V * d.erosion_intensity) \
-        * (1.0 - d.psi_eng)
+    return xp.exp(p.m_E * xp.log(xp.maximum(Q, TINY)) - (p.c_E * d.erosion_intensity) * V) \
+        * (p.k_E * (1.0 - d.psi_eng))
 
 
 def erosion_loss_rate(E, p: Params):
     """Fractional loss rate (yr^-1) of top-layer SOC by erosion: ``e_C (0.1 E) / M_0``."""
-    return p.e_C * (T_HA_TO_KG_M2 * E) / (1000.0 * p.rho_b * LAYER_DEPTHS_M[0])
+    return E * (p.e_C * T_HA_TO_KG_M2 / (1000.0 * p.rho_b * LAYER_DEPTHS_M[0]))
 
 
 def rates(y, p: Params, d: Drivers, layout: Layout, xp=jnp):
@@ -209,14 +227,16 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
     # Vegetation (docs/model.md, "Vegetation"): water-limited logistic growth plus the
     # threshold feedbacks, split into a growth bonus above the thresholds and a mortality
     # below them, plus drought mortality; stress acts at any cover, K_V included.
-    F = p.lambda1 * (th - p.theta_star) + p.lambda2 * (som - p.SOM_star)
+    F = (p.lambda1 * th + p.lambda2 * som) - (p.lambda1 * p.theta_star + p.lambda2 * p.SOM_star)
     F_plus = smooth_max0(F, xp)
     F_minus = F_plus - F
-    deficit = smooth_max0((p.theta_star - th) / (p.theta_star - p.theta_wp), xp, D_SMOOTH)
+    # (theta_star - th) / (theta_star - theta_wp)
+    inv_range = 1.0 / (p.theta_star - p.theta_wp)
+    deficit = smooth_max0(p.theta_star * inv_range - th * inv_range, xp, D_SMOOTH)
     drought = xp.minimum(deficit, 1.0)
-    growth = (p.r_V * w + F_plus) * (1.0 - V / p.K_V)
+    growth = (p.r_V * w + F_plus) * (1.0 - V * (1.0 / p.K_V))
     dV = V * (growth - F_minus - p.m_D * drought) \
-        + p.s_plant * d.psi_plant * w * (p.K_V - V)
+        + (p.s_plant * d.psi_plant) * w * (p.K_V - V)
 
     # Linear-chain lags (mean delays tau_VS, tau_SH).
     kx = n / p.tau_VS
@@ -230,10 +250,11 @@ def rate_terms(y, p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
 
     # Sediment and soil carbon.
     E = sediment(Q, V, p, d, xp)
-    inp = p.a1 * x[n - 1] / (p.f_0 + p.f_1 + p.f_2)
-    dC0 = inp * p.f_0 - (p.a2 + erosion_loss_rate(E, p)) * C0
-    dC1 = inp * p.f_1 - p.a2 * p.m_1 * C1
-    dC2 = inp * p.f_2 - p.a2 * p.m_2 * C2
+    # input a1 x_n split by f_l / (f_0 + f_1 + f_2); per-layer decay a2 m_l (+ erosion)
+    a1_f = p.a1 / (p.f_0 + p.f_1 + p.f_2)
+    dC0 = (a1_f * p.f_0) * x[n - 1] - (p.a2 + erosion_loss_rate(E, p)) * C0
+    dC1 = (a1_f * p.f_1) * x[n - 1] - (p.a2 * p.m_1) * C1
+    dC2 = (a1_f * p.f_2) * x[n - 1] - (p.a2 * p.m_2) * C2
 
     parts = (dV, dC0, dC1, dC2, dth, *dx, *ds, Q, E, ET, L)
     return tuple(xp.broadcast_to(q, xp.shape(V)) for q in parts)
@@ -293,8 +314,11 @@ def equilibrium_theta(V, som_lag, p: Params, d: Drivers, xp=jnp):
 
     hi = fc * xp.exp(xp.log(d.P / p.k_L + 2.0) / p.c_L)  # L(hi) = P + 2 k_L > P
     # Under JAX 40 bisections (~1e-12 of the bracket) and one Newton step (quadratic)
-    # reach float64 noise; numpy (the scipy reference) bisects to the last bit.
-    th = _bisect(balance, xp.zeros_like(hi), hi, THETA_BISECTIONS if xp is jnp else 64, xp)
+    # reach float64 noise (26 reach float32's); numpy (the scipy reference) bisects to the
+    # last bit.
+    n_bisect = 64 if xp is not jnp else (
+        THETA_BISECTIONS_F32 if jnp.result_type(hi) == jnp.float32 else THETA_BISECTIONS)
+    th = _bisect(balance, xp.zeros_like(hi), hi, n_bisect, xp)
     if xp is jnp:
         th = jax.lax.stop_gradient(th)
         f, df = jax.jvp(balance, (th,), (jnp.ones_like(th),))
@@ -311,6 +335,15 @@ def initial_state(p: Params, d: Drivers, layout: Layout, xp=jnp):
     (``C_l ∝ f_l / (a2 m_l + [l=0] erosion)``), scaled so that the 0-20 cm SOM equals SOM0;
     lag chains start at equilibrium (x_k = V0, y_k = SOM0); running integrals at zero.
     """
+    parts = initial_terms(p, d, layout, xp)
+    shape = xp.shape(sum(xp.asarray(q) for q in parts))
+    return xp.stack([xp.broadcast_to(xp.asarray(q, dtype=parts[0].dtype), shape)
+                     for q in parts], axis=0)
+
+
+def initial_terms(p: Params, d: Drivers, layout: Layout, xp=jnp) -> tuple:
+    """:func:`initial_state` component by component (state order; elementwise, so that the
+    ensemble kernel generates its initial state from it)."""
     V0 = xp.asarray(p.V0)
     th0 = equilibrium_theta(V0, p.SOM0, p, d, xp)
     fc = field_capacity(p, p.SOM0)
@@ -321,7 +354,4 @@ def initial_state(p: Params, d: Drivers, layout: Layout, xp=jnp):
     c = p.SOM0 / som_topsoil(w0, w1, p.rho_b)
     zero = xp.zeros_like(V0)
     n = layout.n_lag
-    parts = ([V0, c * w0, c * w1, c * w2, th0] + [V0] * n + [p.SOM0] * n + [zero] * 4)
-    shape = xp.shape(sum(xp.asarray(q) for q in parts))
-    return xp.stack([xp.broadcast_to(xp.asarray(q, dtype=V0.dtype), shape) for q in parts],
-                    axis=0)
+    return tuple([V0, c * w0, c * w1, c * w2, th0] + [V0] * n + [p.SOM0] * n + [zero] * 4)

@@ -30,7 +30,7 @@ from ._model import (
     drivers,
     initial_state,
     rates,
-    som_layers,
+    som_layer,
     som_topsoil,
     vector_field,
     year_drivers,
@@ -38,7 +38,7 @@ from ._model import (
 from ._params import Params
 
 __all__ = ["simulate", "solve_grid", "Simulation", "STATUS_MESSAGES",
-           "METHODS"]
+           "METHODS", "OBSERVED", "observe_year", "assemble"]
 
 METHODS = ("tsit5", "dopri8", "kvaerno5", "rk4")
 ADJOINTS = ("checkpoint", "backsolve", "forward")
@@ -225,33 +225,46 @@ def solve_grid(
     return ys, status
 
 
-def observe(ys, status, params: Params, forcing: Forcing, layout: Layout) -> Simulation:
-    """Observation operators: annual outputs from the half-year grid of states."""
-    starts, mids, ends = ys[0:-1:2], ys[1::2], ys[2::2]
-    C_mid = mids[:, layout.C]
-    layers = som_layers(C_mid.T, params.rho_b).T
-    som = som_topsoil(C_mid[:, 0], C_mid[:, 1], params.rho_b)
+# Per-year outputs of :func:`observe_year`, in its order (``rainfall`` comes from the forcing).
+OBSERVED = ("V", "SOM", "SOM_0_10", "SOM_10_20", "SOM_20_40", "theta", "runoff", "ET",
+            "drainage", "water_yield", "erosion", "storage_change")
 
+
+def observe_year(start, mid, end, params: Params, layout: Layout) -> tuple:
+    """Observation operators of one year: outputs (in ``OBSERVED`` order) from the states at
+    the start, the middle and the end of the year.
+
+    ``start``, ``mid``, ``end``: indexable by state position (state on the leading axis, any
+    trailing shape: one year as scalars, or every year).  Elementwise, so the ensemble kernel
+    generates its observation step from this function too.
+    """
     def annual(i):
-        return ends[:, i] - starts[:, i]
+        return end[i] - start[i]
 
     runoff, drainage = annual(layout.Q), annual(layout.L)
-    out = dict(
-        V=mids[:, layout.V],
-        SOM=som,
-        SOM_layers=layers,
-        theta=mids[:, layout.THETA],
-        rainfall=jnp.asarray(forcing.rainfall, ys.dtype),
-        runoff=runoff,
-        ET=annual(layout.ET),
-        drainage=drainage,
-        water_yield=runoff + drainage,
-        erosion=annual(layout.E),
-        storage_change=params.Z_r * (ends[:, layout.THETA] - starts[:, layout.THETA]),
-    )
+    C0, C1, C2 = mid[1], mid[2], mid[3]
+    return (mid[layout.V], som_topsoil(C0, C1, params.rho_b),
+            som_layer(C0, params.rho_b, 0), som_layer(C1, params.rho_b, 1),
+            som_layer(C2, params.rho_b, 2), mid[layout.THETA], runoff, annual(layout.ET),
+            drainage, runoff + drainage, annual(layout.E),
+            params.Z_r * (end[layout.THETA] - start[layout.THETA]))
+
+
+def assemble(values, status, forcing: Forcing) -> Simulation:
+    """A :class:`Simulation` from the per-year values of :func:`observe_year` (each
+    ``(n_years,)``, ``OBSERVED`` order); every output NaN unless ``status`` is OK."""
+    out = dict(zip(OBSERVED, values))
+    layers = jnp.stack([out.pop(k) for k in ("SOM_0_10", "SOM_10_20", "SOM_20_40")], axis=-1)
+    out.update(SOM_layers=layers, rainfall=jnp.asarray(forcing.rainfall, layers.dtype))
     ok = status == OK
     out = {k: jnp.where(ok, v, jnp.nan) for k, v in out.items()}
     return Simulation(years=jnp.asarray(forcing.years), status=status, **out)
+
+
+def observe(ys, status, params: Params, forcing: Forcing, layout: Layout) -> Simulation:
+    """Observation operators: annual outputs from the half-year grid of states ``(G, D)``."""
+    starts, mids, ends = ys[0:-1:2].T, ys[1::2].T, ys[2::2].T  # (D, years)
+    return assemble(observe_year(starts, mids, ends, params, layout), status, forcing)
 
 
 @eqx.filter_jit

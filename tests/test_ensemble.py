@@ -19,7 +19,7 @@ from helpers import loess, run_on_cpu_devices, yanhe_forcing
 
 import regv1_jax as r
 from regv1_jax import _ensemble, _kernel
-from regv1_jax._model import THETA_BISECTIONS, Layout
+from regv1_jax._model import THETA_BISECTIONS, THETA_BISECTIONS_F32, Layout
 from regv1_jax._solve import NONFINITE, OK
 
 OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
@@ -107,7 +107,7 @@ def test_kernel_is_the_cpu_default_and_one_custom_call():
     # (the only loop left is the bisection of the initial soil moisture).
     assert hlo.count("custom_call_target=\"" + target) == 1
     trips = set(re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', hlo))
-    assert trips <= {str(THETA_BISECTIONS)}
+    assert trips <= {str(THETA_BISECTIONS), str(THETA_BISECTIONS_F32)}
 
 
 def test_xla_path_fuses_each_rk4_step():

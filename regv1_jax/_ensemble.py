@@ -38,7 +38,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from . import _kernel
 from ._forcing import Forcing
-from ._model import N_LAG_DEFAULT, Layout
+from ._model import N_LAG_DEFAULT, Layout, driver_series
 from ._params import Params
 from ._solve import NONFINITE, OK, Simulation, _solve_rk4, assemble, observe, simulate
 
@@ -98,13 +98,11 @@ def _status(ys):
     return jnp.where(finite, OK, NONFINITE).astype(jnp.int32)
 
 
-def _observe_batch(ys, params, forcing, layout, status=None):
-    """``Simulation`` with a leading batch axis from the grid ``(G, D, B)``; ``status``
-    (``(B,)``) from the finiteness of the grid unless given (the kernel reports it: the
-    reduction over a ``(G, D, B)`` grid is XLA's slowest pass, 80% of the observation time)."""
-    status = _status(ys) if status is None else status
+def _observe_batch(ys, params, forcing, layout):
+    """``Simulation`` with a leading batch axis from the grid ``(G, D, B)``, the status from
+    the finiteness of each member's grid."""
     return jax.vmap(lambda y, s, q: observe(y, s, q, forcing, layout), in_axes=(2, 0, 0))(
-        ys, status, params)
+        ys, _status(ys), params)
 
 
 def _kernel_chunk(n: int) -> int | None:
@@ -134,8 +132,7 @@ def _kernel_solve(params, forcing, layout, steps_per_year, target, threads, nval
     prm = jnp.stack(jax.tree_util.tree_leaves(params))  # (NP, B)
     # The year's drivers are computed in the kernel from the shared forcing (once per year
     # and block; as an XLA pass over (years, B) their powers were 6% of a float64 solve).
-    fv = jnp.stack([forcing.rainfall, forcing.intensity, forcing.psi_plant,
-                    forcing.psi_eng], axis=1)  # (NY, 4)
+    fv = jnp.stack(driver_series(forcing), axis=1)  # (NY, 4)
     obs, finite = _kernel.rk4_observed(target, prm, fv, steps_per_year, threads, nvalid)
     status = jnp.where(finite == 1, OK, NONFINITE).astype(jnp.int32)
     return jax.vmap(lambda v, s: assemble(v, s, forcing), in_axes=(1, 0))(tuple(obs), status)

@@ -373,7 +373,7 @@ def regional_magnitudes(params: Params, forcing: Forcing, region: str,
 
 def _bucket_timescale(params: Params, sim: Simulation, forcing: Forcing) -> dict:
     """3 e-folding times of the soil-water bucket, linearised at the final year's state."""
-    from ._model import Layout, drivers, rates
+    from ._model import Layout, rates, year_drivers
 
     layout = Layout()
     # A state with the final year's V, theta and SOM; derivative of dtheta/dt in theta.
@@ -382,8 +382,7 @@ def _bucket_timescale(params: Params, sim: Simulation, forcing: Forcing) -> dict
     y[4] = float(sim.theta[-1])
     som = float(sim.SOM[-1])
     y[layout.y] = som
-    d = drivers(params, float(forcing.rainfall[-1]), float(forcing.intensity[-1]),
-                float(forcing.psi_plant[-1]), float(forcing.psi_eng[-1]))
+    d = year_drivers(params, forcing, -1)
 
     def dth(th):
         return rates(jnp.asarray(y).at[4].set(th), params, d, layout)[4]

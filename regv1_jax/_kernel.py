@@ -87,6 +87,12 @@ _BINARY = {
 _IDENTITY = ("broadcast_in_dim", "reshape", "squeeze", "expand_dims", "convert_element_type")
 
 
+def _ctype(dtype) -> str:
+    """The C++ type of a scalar of ``dtype`` in the generated code."""
+    dt = np.dtype(dtype)
+    return "bool" if dt == np.bool_ else ("long" if np.issubdtype(dt, np.integer) else "T")
+
+
 class _Emitter:
     """Prints a scalar jaxpr as C++, one statement per equation, sorted by what it depends on.
 
@@ -144,17 +150,12 @@ class _Emitter:
             return (-1, f"({expr})", True)
         self.n += 1
         name = f"t{self.n}"
-        if ctype is None:
-            dt = np.dtype(aval.dtype)
-            ctype = "bool" if dt == np.bool_ else (
-                "long" if np.issubdtype(dt, np.integer) else "T")
-        self.lines[level].append(f"const {ctype} {name} = {expr};")
+        self.lines[level].append(f"const {ctype or _ctype(aval.dtype)} {name} = {expr};")
         return (level, name, False)
 
-    @staticmethod
-    def ctype(aval):
-        dt = np.dtype(aval.dtype)
-        return "bool" if dt == np.bool_ else ("long" if np.issubdtype(dt, np.integer) else "T")
+    def scan(self, eqn, ins):
+        # Hoisting by level would move loop-body terms out of the loop.
+        raise ValueError("the kernel generator emits loops only in the initial state")
 
     def eqn(self, eqn, ins):
         name = eqn.primitive.name
@@ -174,15 +175,13 @@ class _Emitter:
         if name in _BINARY:
             return [self.let(_BINARY[name], ins, aval)]
         if name == "convert_element_type":
-            dt = np.dtype(eqn.params["new_dtype"])
-            ctype = "bool" if dt == np.bool_ else (
-                "long" if np.issubdtype(dt, np.integer) else "T")
+            ctype = _ctype(eqn.params["new_dtype"])
             return [self.let(f"static_cast<{ctype}>({{0}})", ins, aval, ctype)]
         if name in _IDENTITY:
             return [ins[0]]
         if name == "add_any":
             return [self.let("({0} + {1})", ins, aval)]
-        if name == "scan" and hasattr(self, "scan"):
+        if name == "scan":
             return self.scan(eqn, ins)
         if name == "integer_pow":
             k = int(eqn.params["y"])
@@ -219,7 +218,7 @@ class _SegmentEmitter(_Emitter):
 
     def __init__(self):
         super().__init__()
-        self.segments = [("simd", [], [])]  # (kind, lines, stores)
+        self.segments = [("simd", [], {})]  # (kind, lines, stores: slot -> name)
         self.defseg = {}
         self.slots = {}
 
@@ -233,9 +232,7 @@ class _SegmentEmitter(_Emitter):
         if direct or self.defseg.get(name) == len(self.segments) - 1:
             return name
         k = self.slot(name)
-        stores = self.segments[self.defseg[name]][2]
-        if k not in [x for x, _ in stores]:
-            stores.append((k, name))
+        self.segments[self.defseg[name]][2][k] = name
         return f"SG[{k} * W + i]"
 
     def let(self, template, ins, aval, ctype=None):
@@ -244,7 +241,7 @@ class _SegmentEmitter(_Emitter):
         expr = template.format(*[self.ref(a) for a in ins])
         self.n += 1
         name = f"t{self.n}"
-        self.segments[-1][1].append(f"const {ctype or self.ctype(aval)} {name} = {expr};")
+        self.segments[-1][1].append(f"const {ctype or _ctype(aval.dtype)} {name} = {expr};")
         self.defseg[name] = len(self.segments) - 1
         return (2, name, False)
 
@@ -259,19 +256,19 @@ class _SegmentEmitter(_Emitter):
             k = self.slot(f"carry{self.n}")
             self.segments[-1][1].append(f"SG[{k} * W + i] = {self.ref(a)};")
             slots.append(k)
-        self.segments.append((("loop", int(prm["length"])), [], []))
+        self.segments.append((("loop", int(prm["length"])), [], {}))
         seg = len(self.segments) - 1
         carries = []
         for k, v in zip(slots, body.jaxpr.invars[nc:]):
             self.n += 1
             carries.append((2, f"c{self.n}", False))
-            self.segments[-1][1].append(f"const {self.ctype(v.aval)} c{self.n} = "
+            self.segments[-1][1].append(f"const {_ctype(v.aval.dtype)} c{self.n} = "
                                         f"SG[{k} * W + i];")
             self.defseg[f"c{self.n}"] = seg
         outs = self.jaxpr(body.jaxpr, body.consts, list(ins[:nc]) + carries)
         news = [self.ref(o) for o in outs]
         self.segments[-1][1].extend(f"SG[{k} * W + i] = {x};" for k, x in zip(slots, news))
-        self.segments.append(("simd", [], []))
+        self.segments.append(("simd", [], {}))
         return [(2, f"SG[{k} * W + i]", True) for k in slots]
 
     def render(self, tail):
@@ -279,7 +276,7 @@ class _SegmentEmitter(_Emitter):
         self.segments[-1][1].extend(tail)
         out = [f"alignas(64) T SG[{max(len(self.slots), 1)} * W];"]
         for kind, lines, stores in self.segments:
-            body = lines + [f"SG[{k} * W + i] = {n};" for k, n in stores]
+            body = lines + [f"SG[{k} * W + i] = {n};" for k, n in stores.items()]
             if not body:
                 continue
             loop = ["#pragma omp simd", "for (int i = 0; i < W; ++i) {",

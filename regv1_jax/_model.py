@@ -20,8 +20,8 @@ from ._params import Params
 
 __all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field",
            "initial_state", "initial_terms", "year_drivers", "equilibrium_theta",
-           "water_fluxes", "sediment", "field_capacity", "som_layer", "som_layers",
-           "som_topsoil", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
+           "water_fluxes", "sediment", "field_capacity", "som_layer", "som_topsoil",
+           "driver_series", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
 
 # Layer thicknesses (m) of the three SOC layers 0-10, 10-20, 20-40 cm.
 LAYER_DEPTHS_M = (0.1, 0.1, 0.2)
@@ -111,11 +111,6 @@ def drivers(p: Params, P, i, psi_plant, psi_eng) -> Drivers:
 def som_layer(C_l, rho_b, layer: int):
     """%SOM of layer ``layer`` (0: 0-10, 1: 10-20, 2: 20-40 cm) from its SOC stock (kg C m^-2)."""
     return C_l * (SOM_PER_C / (rho_b * LAYER_DEPTHS_M[layer]))
-
-
-def som_layers(C, rho_b, xp=jnp):
-    """%SOM of each layer from SOC stocks ``C`` (kg C m^-2, layers on the leading axis)."""
-    return xp.stack([som_layer(C[k], rho_b, k) for k in range(3)])
 
 
 def som_topsoil(C0, C1, rho_b):
@@ -270,15 +265,18 @@ def vector_field(tau, y, args):
 def vector_field_numpy(tau, y, p: Params, forcing: Forcing, layout: Layout):
     """The same vector field in numpy (scipy reference); ``p`` and ``forcing`` numpy-valued."""
     k = int(forcing.index(tau, xp=np))
-    d = drivers(p, forcing.rainfall[k], forcing.intensity[k], forcing.psi_plant[k],
-                forcing.psi_eng[k])
-    return rates(np.asarray(y), p, d, layout, xp=np)
+    return rates(np.asarray(y), p, year_drivers(p, forcing, k), layout, xp=np)
+
+
+def driver_series(forcing: Forcing) -> tuple:
+    """The annual series :func:`drivers` takes after the parameters, in its argument order:
+    rainfall, intensity, psi_plant, psi_eng."""
+    return (forcing.rainfall, forcing.intensity, forcing.psi_plant, forcing.psi_eng)
 
 
 def year_drivers(p: Params, forcing: Forcing, k: int = 0) -> Drivers:
     """The drivers of forcing year ``k`` (default the start year)."""
-    return drivers(p, forcing.rainfall[k], forcing.intensity[k], forcing.psi_plant[k],
-                   forcing.psi_eng[k])
+    return drivers(p, *(x[k] for x in driver_series(forcing)))
 
 
 def _bisect(fun, lo, hi, n_iter: int, xp):

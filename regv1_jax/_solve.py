@@ -27,6 +27,7 @@ from ._model import (
     LAYER_DEPTHS_M,
     N_LAG_DEFAULT,
     Layout,
+    driver_series,
     drivers,
     initial_state,
     rates,
@@ -182,8 +183,7 @@ def _solve_rk4(params, forcing, layout, steps_per_year, unroll=1):
         y_end = half_year(y_mid, d)
         return y_end, (y_mid, y_end)
 
-    per_year = (forcing.rainfall, forcing.intensity, forcing.psi_plant, forcing.psi_eng)
-    _, (mids, ends) = jax.lax.scan(year, y0, per_year)
+    _, (mids, ends) = jax.lax.scan(year, y0, driver_series(forcing))
     # Grid 0, 0.5, 1, ..., n  (years since start), states along axis 0.
     pairs = jnp.stack([mids, ends], axis=1).reshape((2 * forcing.n_years,) + y0.shape)
     ys = jnp.concatenate([y0[None], pairs], axis=0)

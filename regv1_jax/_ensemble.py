@@ -2,24 +2,25 @@
 
 The default call picks the fast configuration by itself:
 
-* **Buckets.** Each device's share of the batch is padded (with copies of its first member)
-  to a size bucket, eight per octave (at most 12.5% padding), so that a study whose batch
-  sizes vary compiles a handful of shapes, not one per size; the padding sits on its own
-  device, so removing it moves no data between devices.  The kernel does not solve the
-  padding (the true size is a traced operand), so it costs no kernel time.
+* **Buckets.** The batch is padded (with copies of its first member) to a size bucket,
+  eight per octave (at most 12.5% padding), so that a study whose batch sizes vary
+  compiles a handful of shapes, not one per size.
 * **Kernel (CPU).** On a CPU device the whole solve runs in a C++ kernel generated from
   ``initial_terms``, ``drivers``, ``rate_terms`` and ``observe_year`` (``_kernel.py``): one
   pass over a block of members per right-hand-side evaluation, parameter- and driver-only
-  terms hoisted, annual outputs computed in the kernel (no state grid), OpenMP threads over
-  blocks; it also reports which members stayed finite (the status).  XLA only stacks the
-  parameters and lays out the outputs, in L3-sized chunks.
+  terms hoisted, annual outputs computed in the kernel and written in their final layout
+  (NaN for a member whose state did not stay finite), OpenMP threads over blocks on every
+  core.  XLA does no pass over the batch: the padding is added and dropped on the host
+  (numpy views, no copy of the outputs, nothing compiled per batch size), and the kernel
+  does not solve it (the true size is a traced operand).
 * **XLA (any device, or no compiler).** The batch-last state ``(D, B)`` inside ``lax.scan``,
   on CPU in chunks sized to the L2 cache (``chunk_size``); small batches (``<= SMALL_BATCH``)
   take ``vmap`` of the per-sample solve, which has fewer, smaller kernels.
-* **Devices.** With more than one device (GPUs, or CPU cores exposed as devices with
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax is imported) the batch is
-  split over ``jax.devices()`` with ``shard_map``; on CPU each device's kernel then gets
-  ``cpu_count // N`` threads.
+* **Devices.** On the XLA path with more than one device (GPUs, or CPU cores exposed as
+  devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax is
+  imported) each device's share, padded to a bucket on that device, runs there under
+  ``shard_map``.  The CPU kernel runs on the first device and its threads use every core
+  (CPU devices are the same cores; splitting the batch over them measured no faster).
 
 Every path gives the numbers of ``jax.vmap(lambda q: simulate(q, forcing, method="rk4"))``
 member by member (``tests/test_ensemble.py``: 1e-12 in float64, 1e-5 in float32).
@@ -40,18 +41,16 @@ from . import _kernel
 from ._forcing import Forcing
 from ._model import N_LAG_DEFAULT, Layout, driver_series
 from ._params import Params
-from ._solve import NONFINITE, OK, Simulation, _solve_rk4, assemble, observe, simulate
+from ._solve import NONFINITE, OK, Simulation, _solve_rk4, observe, simulate, with_forcing
 
 __all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "loop_body_fusions",
            "SMALL_BATCH"]
 
 # At or below this many members the XLA path vmaps the per-sample solve.
 SMALL_BATCH = 64
-# Fewer members than this per device: one device (on CPU the kernel's threads still use
-# every core); splitting a small batch costs more in synchronisation than it saves.
+# XLA path: fewer members than this per device run on one device; splitting a small batch
+# costs more in synchronisation than it saves.
 SHARD_MIN_PER_DEVICE = 1024
-# Largest chunk of members per kernel call (see ``_kernel_chunk``).
-KERNEL_CHUNK = 16384
 # Members per XLA chunk per MiB of L2 cache and per state component and byte: tuned on the
 # 2-core AVX-512 CI machine (1 MiB L2 per core): float32 chunks of 1024-2048 ran 25% faster
 # than 4096 (issue 12), i.e. about 16 live (chunk, D) arrays per right-hand side in L2.
@@ -105,39 +104,6 @@ def _observe_batch(ys, params, forcing, layout):
         ys, _status(ys), params)
 
 
-def _kernel_chunk(n: int) -> int | None:
-    """Members per ``lax.map`` chunk around the kernel: the largest power of two up to
-    ``KERNEL_CHUNK`` that divides ``n`` (None: one call).  Keeps the XLA passes around the
-    kernel (parameter stacking, output layout) in cache: with the kernel computing the
-    outputs itself, still +14% at 100k float32 members on 2 devices (290k vs 254k/s)."""
-    c = KERNEL_CHUNK
-    while c >= KERNEL_CHUNK // 8:
-        if n % c == 0 and n > c:
-            return c
-        c //= 2
-    return None
-
-
-def _kernel_solve(params, forcing, layout, steps_per_year, target, threads, nvalid):
-    """The kernel path on one device; members from ``nvalid`` on are bucket padding (not
-    solved, outputs dropped by the caller)."""
-    B = jnp.shape(params.r_V)[0]
-    c = _kernel_chunk(B)
-    if c is not None:
-        chunks = jax.tree_util.tree_map(lambda x: x.reshape(B // c, c), params)
-        counts = jnp.clip(nvalid - c * jnp.arange(B // c), 0, c)
-        out = jax.lax.map(lambda a: _kernel_solve(a[0], forcing, layout, steps_per_year,
-                                                  target, threads, a[1]), (chunks, counts))
-        return jax.tree_util.tree_map(lambda x: x.reshape((B,) + x.shape[2:]), out)
-    prm = jnp.stack(jax.tree_util.tree_leaves(params))  # (NP, B)
-    # The year's drivers are computed in the kernel from the shared forcing (once per year
-    # and block; as an XLA pass over (years, B) their powers were 6% of a float64 solve).
-    fv = jnp.stack(driver_series(forcing), axis=1)  # (NY, 4)
-    obs, finite = _kernel.rk4_observed(target, prm, fv, steps_per_year, threads, nvalid)
-    status = jnp.where(finite == 1, OK, NONFINITE).astype(jnp.int32)
-    return jax.vmap(lambda v, s: assemble(v, s, forcing), in_axes=(1, 0))(tuple(obs), status)
-
-
 def _xla_solve(params, forcing, layout, steps_per_year, chunk):
     B = jnp.shape(params.r_V)[0]
     if B <= SMALL_BATCH and not chunk:
@@ -158,17 +124,31 @@ def _xla_solve(params, forcing, layout, steps_per_year, chunk):
     return _observe_batch(ys, params, forcing, layout)
 
 
-@functools.partial(jax.jit, static_argnames=("n_lag", "steps_per_year", "target", "threads",
-                                             "chunk", "devices"))
-def _run(params, forcing, counts, *, n_lag, steps_per_year, target, threads, chunk, devices):
-    """``counts`` (one int32 per device, traced: one compile per bucket): the members of each
-    device's share before its bucket padding."""
+@functools.partial(jax.jit, static_argnames=("steps_per_year", "target", "threads"))
+def _run_kernel(prm, forcing, nvalid, *, steps_per_year, target, threads):
+    """The kernel path: ``prm`` the parameters (``Params``) or their leaves stacked
+    ``(NP, B)``, of which the first ``nvalid`` (traced: one compile per bucket) are
+    solved."""
+    if not isinstance(prm, jax.Array):
+        prm = jnp.stack(jax.tree_util.tree_leaves(prm))
+    forcing = forcing.astype(prm.dtype)
+    # The year's drivers are computed in the kernel from the shared forcing (once per year
+    # and block; as an XLA pass over (years, B) their powers were 6% of a float64 solve).
+    fv = jnp.stack(driver_series(forcing), axis=1)  # (NY, 4)
+    fields, finite = _kernel.rk4_observed(target, prm, fv, steps_per_year, threads, nvalid)
+    status = jnp.where(finite == 1, OK, NONFINITE).astype(jnp.int32)
+    return with_forcing(fields, status, forcing)
+
+
+@functools.partial(jax.jit, static_argnames=("n_lag", "steps_per_year", "chunk", "devices"))
+def _run(params, forcing, counts, *, n_lag, steps_per_year, chunk, devices):
+    """The XLA path.  ``counts`` (one int32 per device, traced: one compile per bucket): the
+    members of each device's share before its bucket padding (the XLA path solves the
+    padding too)."""
     layout = Layout(n_lag)
     forcing = forcing.astype(params.dtype)
 
     def local(q, f, n):
-        if target is not None:
-            return _kernel_solve(q, f, layout, steps_per_year, target, threads, n[0])
         return _xla_solve(q, f, layout, steps_per_year, chunk)
 
     if devices is None or len(devices) == 1:
@@ -230,8 +210,9 @@ def simulate_ensemble(
       cache on CPU (none on other devices); ``None`` for one whole-batch loop.
     - `kernel`: ``"auto"`` uses the generated C++ kernel on CPU devices when it builds;
       ``False`` forces the XLA path; ``True`` raises if the kernel is unavailable.
-    - `devices`: devices to split the batch over (default ``jax.devices()``); a batch of
-      fewer than ``SHARD_MIN_PER_DEVICE`` members per device runs on the first one.
+    - `devices`: devices to split the batch over on the XLA path (default
+      ``jax.devices()``); a batch of fewer than ``SHARD_MIN_PER_DEVICE`` members per device
+      runs on the first one.  The CPU kernel runs on the first and uses every core.
     - `bucket`: pad the batch to a size bucket (one compile per bucket, not per size).
 
     **Returns:**
@@ -250,8 +231,6 @@ def simulate_ensemble(
     dtype = np.dtype(params.dtype)
     layout = Layout(n_lag)
     devices = tuple(jax.devices() if devices is None else devices)
-    if len(devices) > 1 and B < SHARD_MIN_PER_DEVICE * len(devices):
-        devices = devices[:1]
     platform = devices[0].platform
     target = None
     if kernel and platform == "cpu":
@@ -259,9 +238,14 @@ def simulate_ensemble(
         if target is None and kernel is True:
             raise RuntimeError("the RK4 kernel is not available (no C++ compiler, or the "
                                "build failed); use kernel='auto' or False")
+    if target is not None:
+        return _kernel_ensemble(params, forcing, B, steps_per_year=steps_per_year,
+                                target=target, size=bucket_size(B) if bucket else B,
+                                device=devices[0])
+    if len(devices) > 1 and B < SHARD_MIN_PER_DEVICE * len(devices):
+        devices = devices[:1]
     if chunk == "auto":
         chunk = chunk_size(layout.size, dtype) if platform == "cpu" else None
-    threads = max(1, _cores() // len(devices)) if target else 0
     # Each device gets an equal share of the members, padded to a bucket on that device.
     # Where the devices do not divide B, the one share of the batch is padded at its end.
     shards = len(devices) if B % len(devices) == 0 else 1
@@ -275,9 +259,33 @@ def simulate_ensemble(
     if size != share:
         params = _pad(params, shards, size)
     out = _run(params, forcing, counts, n_lag=n_lag, steps_per_year=steps_per_year,
-               target=target, threads=threads, chunk=chunk or None,
-               devices=devices if len(devices) > 1 else None)
+               chunk=chunk or None, devices=devices if len(devices) > 1 else None)
     return _unpad(out, shards, share) if size != share else out
+
+
+def _kernel_ensemble(params, forcing, B, *, steps_per_year, target, size, device):
+    """The CPU kernel path: one kernel call on ``device`` whose OpenMP threads use every core
+    this process may run on (CPU devices share the same cores: once XLA does no work per
+    member, splitting the batch over them measured equal or slower).
+
+    The parameters are stacked and padded to ``size`` members on the host, and the padding
+    is dropped there: numpy views of CPU buffers, so the results are prefixes of the
+    kernel's own arrays (no copy of the outputs) and nothing is compiled per batch size (a
+    jitted pad or slice compiles once per size).  The kernel does not solve the padding.
+    """
+    run = functools.partial(_run_kernel, steps_per_year=steps_per_year, target=target,
+                            threads=_cores())
+    if size == B:  # stacked in the jitted call
+        return run(params, forcing, np.int32(B))
+    leaves = jax.tree_util.tree_leaves(params)
+    prm = np.empty((len(leaves), size), np.dtype(params.dtype))
+    for j, x in enumerate(leaves):
+        prm[j, :B] = np.asarray(x)
+    prm[:, B:] = prm[:, :1]
+    out = run(jax.device_put(prm, device), forcing, np.int32(B))
+    fields, treedef = jax.tree_util.tree_flatten(out)
+    return jax.tree_util.tree_unflatten(
+        treedef, jax.device_put([np.asarray(x)[:B] for x in fields], device))
 
 
 def _computations(hlo_text: str) -> dict[str, list[str]]:

@@ -18,9 +18,11 @@ with the block's state in L1, the four stage updates fused into the evaluations 
 derivative never leaves registers; stage inputs only for components the right-hand side
 reads).  exp and log are inlined polynomials (``_VMATH``: a libmvec call spills every
 register).  The rest of the batch runs in blocks of one register (B = 1 computes 16 lanes),
-blocks spread over OpenMP threads.  At each year's end it computes the annual outputs, so
-no state grid is written; it reports which members stayed finite and skips the members past
-``nvalid`` (bucket padding).  It is built once per (model, dtype, machine) with the system
+blocks spread over OpenMP threads.  At each year's end it computes the annual outputs and
+writes them straight into the result arrays of ``FIELDS`` (member, year[, column]), so no
+state grid is written and XLA does no pass over the outputs; it reports which members
+stayed finite (NaN outputs for the others) and skips the members past ``nvalid`` (bucket
+padding).  It is built once per (model, dtype, machine) with the system
 C++ compiler (compiled with -ffast-math, linked without it), cached on disk, and called
 through the XLA FFI; :func:`available` says whether that worked (no compiler: XLA path).
 
@@ -51,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._model import Layout, drivers, initial_terms, rate_terms
-from ._solve import OBSERVED, observe_year
+from ._solve import FIELDS, OBSERVED, observe_year
 
 __all__ = ["available", "rk4_observed", "rhs_source", "initial_source", "observation_source",
            "vector_math", "BLOCK", "GROUPS"]
@@ -108,6 +110,10 @@ class _Emitter:
         self.lines = {0: [], 1: [], 2: []}
         self.stores = {0: {}, 1: {}}  # name -> slot
         self.n = 0
+        # values known to be NaN, +inf or >= the smallest normal number: max(x, c) with such
+        # a literal c (the model's guard before a log); their log needs no subnormal, zero
+        # or negative cases
+        self.normal = set()
 
     def ref(self, atom, level):
         lvl, name, direct = atom
@@ -170,6 +176,15 @@ class _Emitter:
         if name == "div" and 0 <= ins[1][0] < max(ins[0][0], 0):
             inv = self.let("(T(1) / {0})", [ins[1]], aval)
             return [self.let("({0} * {1})", [ins[0], inv], aval)]
+        if name == "log" and ins[0][1] in self.normal:
+            return [self.let("vlog<true>({0})", ins, aval)]
+        if name == "max":
+            out = self.let(_BINARY[name], ins, aval)
+            tiny = float(np.finfo(aval.dtype).tiny)
+            if any(a[0] < 0 and re.fullmatch(r"T\((.*)\)", a[1])
+                   and float(a[1][2:-1]) >= tiny for a in ins):
+                self.normal.add(out[1])
+            return [out]
         if name in _UNARY:
             return [self.let(_UNARY[name], ins, aval)]
         if name in _BINARY:
@@ -417,7 +432,11 @@ constexpr int NP = @NP@;
 constexpr int ND = @ND@;
 constexpr int N0 = @N0@;
 constexpr int N1 = @N1@;
-constexpr int NO = @NO@;  // annual outputs
+constexpr int NO = @NO@;  // annual outputs (OBSERVED)
+constexpr int NR = @NR@;  // result arrays (FIELDS): output k goes to column COL[k] of FIELD[k]
+constexpr int FIELD[NO] = {@FIELD@};
+constexpr int COL[NO] = {@COL@};
+constexpr int WIDTH[NR] = {@WIDTH@};
 constexpr int64_t MIN_BLOCKS = 8;
 
 @VMATH@
@@ -505,9 +524,9 @@ static inline void check(const T* __restrict Y, U* __restrict bad) {
 
 // RK4 over every year for members [o, o + n) (n <= W) of the problem.
 template <int W>
-static void block(const T* __restrict PR, const T* __restrict FV,
-                  T* __restrict O, int32_t* __restrict OK, int64_t B, int64_t NY,
-                  int64_t steps, int64_t o, int64_t n) {
+static void block(const T* __restrict PR, const T* __restrict FV, T* const* R,
+                  int32_t* __restrict OK, int64_t B, int64_t NY, int64_t steps, int64_t o,
+                  int64_t n) {
   const double h = 1.0 / double(steps);
   const T half_h = T(0.5 * h), full_h = T(h), sixth_h = T(h / 6.0);
   const int64_t half = steps / 2;
@@ -539,22 +558,32 @@ static void block(const T* __restrict PR, const T* __restrict FV,
       if (hf == 0) std::memcpy(S1, Y, sizeof(S1));
     }
     observe<W>(P, S0, S1, Y, OB);
-    for (int k = 0; k < NO; ++k)
-      std::memcpy(O + (k * NY + yr) * B + o, OB + k * W, n * sizeof(T));
+    // Straight into the result arrays' layout (member, year[, column]): no XLA pass over
+    // the outputs follows.
+    for (int k = 0; k < NO; ++k) {
+      const int64_t stride = NY * WIDTH[FIELD[k]];
+      T* __restrict dst = R[FIELD[k]] + (o * NY + yr) * WIDTH[FIELD[k]] + COL[k];
+      for (int64_t i = 0; i < n; ++i) dst[i * stride] = OB[k * W + i];
+    }
   }
-  for (int64_t i = 0; i < n; ++i) OK[o + i] = bad[i] == 0;
+  for (int64_t i = 0; i < n; ++i) {
+    OK[o + i] = bad[i] == 0;
+    if (bad[i])  // a member whose state became NaN/inf: every output NaN
+      for (int r = 0; r < NR; ++r)
+        std::fill_n(R[r] + (o + i) * NY * WIDTH[r], NY * WIDTH[r], T(__builtin_nan("")));
+  }
 }
 
-// The RK4 solves: PR (NP, B), FV (NY, ND) (the forcing every member shares)
-// -> the annual outputs O (NO, NY, B) and OK (B,) (1 where the member's state stayed
+// The RK4 solves: PR (NP, B) (the parameter leaves), FV (NY, ND) (the forcing every
+// member shares) -> the result arrays R[NR] (each (B, NY, WIDTH[r]): the FIELDS, NaN for
+// a member whose state did not stay finite) and OK (B,) (1 where the member's state stayed
 // finite at every half year).  Members [nvalid, B) (the padding of a bucket) are not
 // solved: their outputs are zero and OK is 1.  Full blocks of WB members
 // spread over the threads, then the rest in blocks of WS (one register: B = 1 costs one
 // lane group, not WB).  A plain C entry point; the FFI handler below wraps it.
-extern "C" void regv1_rk4_run(const T* __restrict PR,
-                              const T* __restrict FV, T* __restrict O, int32_t* __restrict OK,
-                              int64_t B, int64_t nvalid, int64_t NY, int64_t steps,
-                              int64_t threads) {
+extern "C" void regv1_rk4_run(const T* __restrict PR, const T* __restrict FV, T* const* R,
+                              int32_t* __restrict OK, int64_t B, int64_t nvalid, int64_t NY,
+                              int64_t steps, int64_t threads) {
   const int64_t nv = std::max<int64_t>(0, std::min(nvalid, B));
   const int64_t nfull = nv / WB, tail0 = nfull * WB;
   const int64_t ntasks = nfull + (nv - tail0 + WS - 1) / WS;
@@ -564,41 +593,56 @@ extern "C" void regv1_rk4_run(const T* __restrict PR,
   #pragma omp parallel for schedule(static) num_threads(nt) if(nt > 1)
   for (int64_t b = 0; b < ntasks; ++b) {
     if (b < nfull) {
-      block<WB>(PR, FV, O, OK, B, NY, steps, b * WB, WB);
+      block<WB>(PR, FV, R, OK, B, NY, steps, b * WB, WB);
     } else {
       const int64_t o = tail0 + (b - nfull) * WS;
-      block<WS>(PR, FV, O, OK, B, NY, steps, o, std::min<int64_t>(WS, nv - o));
+      block<WS>(PR, FV, R, OK, B, NY, steps, o, std::min<int64_t>(WS, nv - o));
     }
   }
   if (nv < B) {
-    for (int64_t r = 0; r < NO * NY; ++r)
-      std::memset(O + r * B + nv, 0, (B - nv) * sizeof(T));
+    for (int r = 0; r < NR; ++r)
+      std::memset(R[r] + nv * NY * WIDTH[r], 0, (B - nv) * NY * WIDTH[r] * sizeof(T));
     for (int64_t i = nv; i < B; ++i) OK[i] = 1;
   }
 }
 
-// exp (op 0) or log (op 1) of x[0..n) into y: the kernel's own functions, for the tests.
+// exp (op 0), log (op 1) or log of normal numbers (op 2) of x[0..n) into y: the kernel's
+// own functions, for the tests.
 extern "C" void regv1_vmath(int op, const T* __restrict x, T* __restrict y, int64_t n) {
   if (op == 0) {
     #pragma omp simd
     for (int64_t i = 0; i < n; ++i) y[i] = vexp(x[i]);
-  } else {
+  } else if (op == 1) {
     #pragma omp simd
     for (int64_t i = 0; i < n; ++i) y[i] = vlog(x[i]);
+  } else {
+    #pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = vlog<true>(x[i]);
   }
 }
 
 static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> prm, ffi::Buffer<ffi::@FFI@> drv,
-                      ffi::Buffer<ffi::S32> nvalid, ffi::ResultBuffer<ffi::@FFI@> out,
-                      ffi::ResultBuffer<ffi::S32> ok, int64_t steps, int64_t threads) {
-  if (prm.dimensions().size() != 2 || drv.dimensions().size() != 2
-      || prm.dimensions()[0] != NP || drv.dimensions()[1] != ND || drv.dimensions()[0] < 1
-      || nvalid.element_count() != 1 || steps < 2 || steps % 2)
-    return ffi::Error::InvalidArgument("regv1 rk4 kernel: bad shapes or steps");
+                      ffi::Buffer<ffi::S32> nvalid, ffi::RemainingRets res, int64_t steps,
+                      int64_t threads) {
+  const auto bad = ffi::Error::InvalidArgument("regv1 rk4 kernel: bad shapes or steps");
+  if (prm.dimensions().size() != 2 || prm.dimensions()[0] != NP
+      || drv.dimensions().size() != 2 || drv.dimensions()[1] != ND || drv.dimensions()[0] < 1
+      || nvalid.element_count() != 1 || steps < 2 || steps % 2 || res.size() != NR + 1)
+    return bad;
   const int64_t B = prm.dimensions()[1];
   const int64_t NY = drv.dimensions()[0];
-  regv1_rk4_run(prm.typed_data(), drv.typed_data(), out->typed_data(),
-                ok->typed_data(), B, nvalid.typed_data()[0], NY, steps, threads);
+  auto ok = res.get<ffi::Buffer<ffi::S32>>(NR);
+  if (ok.has_error()) return ok.error();
+  if ((*ok)->element_count() != B) return bad;
+  T* R[NR];
+  for (int r = 0; r < NR; ++r) {
+    auto b = res.get<ffi::Buffer<ffi::@FFI@>>(r);
+    if (b.has_error()) return b.error();
+    if ((*b)->element_count() != B * NY * WIDTH[r]) return bad;
+    R[r] = (*b)->typed_data();
+  }
+  regv1_rk4_run(prm.typed_data(), drv.typed_data(), R, (*ok)->typed_data(), B,
+                nvalid.typed_data()[0], NY, steps, threads);
   return ffi::Error::Success();
 }
 
@@ -608,8 +652,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::@FFI@>>()
         .Arg<ffi::Buffer<ffi::@FFI@>>()
         .Arg<ffi::Buffer<ffi::S32>>()
-        .Ret<ffi::Buffer<ffi::@FFI@>>()
-        .Ret<ffi::Buffer<ffi::S32>>()
+        .RemainingRets()
         .Attr<int64_t>("steps")
         .Attr<int64_t>("threads"));
 """
@@ -668,6 +711,10 @@ static inline __attribute__((always_inline)) T vexp(T x) {
   return (__builtin_bit_cast(U, x) & absm) > inf ? x : res;
 }
 
+// NORMAL: x is known to be NaN, +inf or at least the smallest normal number (the generator
+// proves it where the argument is max(y, c) with such a literal c): no subnormal, zero or
+// negative cases to handle.
+template <bool NORMAL = false>
 static inline __attribute__((always_inline)) T vlog(T x) {
   typedef typename std::make_signed<U>::type I;
   constexpr bool f32 = sizeof(T) == 4;
@@ -676,7 +723,7 @@ static inline __attribute__((always_inline)) T vlog(T x) {
   constexpr U tiny = U(1) << mb;  // the smallest normal
   constexpr U hsqrt2 = f32 ? U(0x3f3504f3u) : U(0x3fe6a09e667f3bcdull);  // sqrt(1/2)
   const U u0 = __builtin_bit_cast(U, x), a = u0 & absm;
-  const bool sub = a < tiny;  // subnormal (or zero): scale by 2^mb first
+  const bool sub = !NORMAL && a < tiny;  // subnormal (or zero): scale by 2^mb first
   const U u = __builtin_bit_cast(U, sub ? x * T(f32 ? 8388608.0 : 4503599627370496.0) : x);
   // x = 2^e m with m in [sqrt(1/2), sqrt(2)): offset the bits so the exponent rounds there.
   const U off = u - hsqrt2;
@@ -704,6 +751,7 @@ static inline __attribute__((always_inline)) T vlog(T x) {
   constexpr T ln2_lo = f32 ? T(9.0580006145e-06) : T(1.90821492927058770002e-10);
   T res = std::fma(e, ln2_hi, f - (hfsq - std::fma(s, hfsq + R, e * ln2_lo)));
   res = a >= inf ? x : res;  // inf -> inf, NaN -> NaN
+  if constexpr (NORMAL) return res;
   res = (u0 != a) ? T(__builtin_nan("")) : res;  // negative -> NaN
   return a == 0 ? T(-__builtin_inf()) : res;
 }
@@ -725,10 +773,15 @@ def _source(p_def, layout, dtype):
     parts.update(initial_source(p_def, layout, dtype))
     ctype, utype, ffi_t = (("float", "uint32_t", "F32") if dtype == np.float32
                            else ("double", "uint64_t", "F64"))
+    # where each OBSERVED output goes: result array (FIELDS) and column
+    place = {key: (r, c) for r, (_, keys) in enumerate(FIELDS) for c, key in enumerate(keys)}
+    field, col = zip(*(place[key] for key in OBSERVED))
     src = _DRIVER
     for k, v in dict(VMATH=_VMATH, CTYPE=ctype, UTYPE=utype, W=BLOCK[dtype],
                      WS=64 // dtype.itemsize, GROUPS=GROUPS, D=layout.size, FFI=ffi_t,
-                     **parts).items():
+                     NR=len(FIELDS), FIELD=", ".join(map(str, field)),
+                     COL=", ".join(map(str, col)),
+                     WIDTH=", ".join(str(len(keys)) for _, keys in FIELDS), **parts).items():
         src = src.replace(f"@{k}@", str(v))
     return src
 
@@ -821,11 +874,13 @@ def available(params, layout: Layout, dtype) -> bool:
 
 def rk4_observed(name: str, prm, forcing_values, steps_per_year: int, threads: int,
                  nvalid=None):
-    """Call the kernel: ``prm (NP, B)`` (the parameter leaves), ``forcing_values (NY, 4)``
-    (rainfall, intensity, psi_plant, psi_eng of each year, shared by every member) -> the
-    annual outputs ``(len(OBSERVED), NY, B)`` of ``observe_year`` and ``finite (B,)``
-    (int32: 1 where the member's state stayed finite).  The kernel computes the initial
-    state itself (``initial_terms``); no state grid is written.
+    """Call the kernel: ``prm (NP, B)`` (the parameter leaves, stacked), ``forcing_values
+    (NY, 4)`` (rainfall, intensity, psi_plant, psi_eng of each year, shared by every member)
+    -> ``(fields, finite)``: ``fields`` maps each of ``FIELDS``' names to its ``(B, NY)``
+    (or ``(B, NY, k)``) array of annual outputs of ``observe_year``, NaN for a member whose
+    state did not stay finite; ``finite (B,)`` (int32) is 1 where it did.  The kernel
+    computes the initial state itself (``initial_terms``) and writes the outputs in their
+    final layout: no state grid, no XLA pass over the outputs.
 
     ``nvalid`` (a traced integer, default ``B``): members from there on are padding and are
     not solved (zero outputs, ``finite`` 1).
@@ -833,19 +888,21 @@ def rk4_observed(name: str, prm, forcing_values, steps_per_year: int, threads: i
     B = prm.shape[1]
     NY = forcing_values.shape[0]
     nvalid = jnp.asarray(B if nvalid is None else nvalid, jnp.int32).reshape(1)
-    out = (jax.ShapeDtypeStruct((len(OBSERVED), NY, B), prm.dtype),
-           jax.ShapeDtypeStruct((B,), jnp.int32))
-    return jax.ffi.ffi_call(name, out)(prm, forcing_values, nvalid,
-                                       steps=np.int64(steps_per_year),
-                                       threads=np.int64(threads))
+    out = tuple(jax.ShapeDtypeStruct((B, NY) + ((len(keys),) if len(keys) > 1 else ()),
+                                     prm.dtype)
+                for _, keys in FIELDS) + (jax.ShapeDtypeStruct((B,), jnp.int32),)
+    *fields, finite = jax.ffi.ffi_call(name, out)(
+        prm, forcing_values, nvalid, steps=np.int64(steps_per_year), threads=np.int64(threads))
+    return dict(zip((f for f, _ in FIELDS), fields)), finite
 
 
 def vector_math(name: str, op: str, x: np.ndarray) -> np.ndarray:
-    """The kernel's own ``exp`` or ``log`` (``op``) of the array ``x`` (its dtype), for tests
-    against numpy; ``name``: a target from :func:`target`."""
+    """The kernel's own ``exp``, ``log`` or ``log_normal`` (its log where the argument is known
+    to be NaN, +inf or at least the smallest normal number) of the array ``x`` (its dtype),
+    for tests against numpy; ``name``: a target from :func:`target`."""
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     f = _LIBS[name].regv1_vmath
     f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    f(dict(exp=0, log=1)[op], x.ctypes.data, y.ctypes.data, x.size)
+    f(dict(exp=0, log=1, log_normal=2)[op], x.ctypes.data, y.ctypes.data, x.size)
     return y

@@ -39,7 +39,7 @@ from ._model import (
 from ._params import Params
 
 __all__ = ["simulate", "solve_grid", "Simulation", "STATUS_MESSAGES",
-           "METHODS", "OBSERVED", "observe_year", "assemble"]
+           "METHODS", "OBSERVED", "FIELDS", "observe_year", "assemble", "with_forcing"]
 
 METHODS = ("tsit5", "dopri8", "kvaerno5", "rk4")
 ADJOINTS = ("checkpoint", "backsolve", "forward")
@@ -250,15 +250,35 @@ def observe_year(start, mid, end, params: Params, layout: Layout) -> tuple:
             params.Z_r * (end[layout.THETA] - start[layout.THETA]))
 
 
+# The Simulation fields made of OBSERVED values: each field's OBSERVED names (one: shape
+# (n_years,); several: stacked on a last axis, (n_years, k)).
+FIELDS = (("V", ("V",)), ("SOM", ("SOM",)),
+          ("SOM_layers", ("SOM_0_10", "SOM_10_20", "SOM_20_40")),
+          ("theta", ("theta",)), ("runoff", ("runoff",)), ("ET", ("ET",)),
+          ("drainage", ("drainage",)), ("water_yield", ("water_yield",)),
+          ("erosion", ("erosion",)), ("storage_change", ("storage_change",)))
+
+
 def assemble(values, status, forcing: Forcing) -> Simulation:
     """A :class:`Simulation` from the per-year values of :func:`observe_year` (each
     ``(n_years,)``, ``OBSERVED`` order); every output NaN unless ``status`` is OK."""
     out = dict(zip(OBSERVED, values))
-    layers = jnp.stack([out.pop(k) for k in ("SOM_0_10", "SOM_10_20", "SOM_20_40")], axis=-1)
-    out.update(SOM_layers=layers, rainfall=jnp.asarray(forcing.rainfall, layers.dtype))
     ok = status == OK
-    out = {k: jnp.where(ok, v, jnp.nan) for k, v in out.items()}
-    return Simulation(years=jnp.asarray(forcing.years), status=status, **out)
+    fields = {name: jnp.where(ok, out[keys[0]] if len(keys) == 1 else
+                              jnp.stack([out[k] for k in keys], axis=-1), jnp.nan)
+              for name, keys in FIELDS}
+    return with_forcing(fields, status, forcing)
+
+
+def with_forcing(fields: dict, status, forcing: Forcing) -> Simulation:
+    """A :class:`Simulation` from its ``FIELDS`` (NaN already where ``status`` is not OK;
+    any leading batch shape, that of ``status``) and the forcing's years and rainfall."""
+    shape = jnp.shape(status) + jnp.shape(forcing.years)
+    dtype = fields["V"].dtype
+    rain = jnp.where(jnp.expand_dims(status == OK, -1), jnp.asarray(forcing.rainfall, dtype),
+                     jnp.nan)
+    return Simulation(years=jnp.broadcast_to(jnp.asarray(forcing.years), shape),
+                      rainfall=jnp.broadcast_to(rain, shape), status=status, **fields)
 
 
 def observe(ys, status, params: Params, forcing: Forcing, layout: Layout) -> Simulation:

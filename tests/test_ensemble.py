@@ -5,6 +5,7 @@ generated kernel and the batch-last XLA path must give ``simulate(rk4)``'s numbe
 member, whatever ``rate_terms`` says.
 """
 
+import contextlib
 import functools
 import re
 import textwrap
@@ -23,7 +24,7 @@ from regv1_jax._model import THETA_BISECTIONS, THETA_BISECTIONS_F32, Layout
 from regv1_jax._solve import NONFINITE, OK
 
 OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
-           "erosion", "storage_change")
+           "erosion", "storage_change", "rainfall")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,6 +55,8 @@ def _assert_agree(ens, ref, rtol, atol_rel):
         assert a.shape == b.shape, k
         scale = np.nanmax(np.abs(b))
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol_rel * scale, err_msg=k)
+    np.testing.assert_array_equal(ens.years, ref.years)
+    np.testing.assert_array_equal(ens.status, ref.status)
 
 
 # (options, why): every path of the default dispatch, forced.
@@ -85,24 +88,15 @@ def test_ensemble_equals_simulate_rk4_float32(opts):
     _assert_agree(ens, ref, rtol=1e-5, atol_rel=1e-5)
 
 
-def test_kernel_in_chunks_equals_simulate_rk4(monkeypatch):
-    if not _has_kernel(jnp.float64):
-        pytest.skip("no C++ compiler")
-    monkeypatch.setattr(_ensemble, "KERNEL_CHUNK", 32)  # 48 members: 3 chunks of 16
-    assert _ensemble._kernel_chunk(48) == 16
-    draws, f, ref = _case(48, "float64", 8)
-    _assert_agree(r.simulate_ensemble(draws, f), ref, rtol=1e-12, atol_rel=1e-12)
-
-
 def test_kernel_is_the_cpu_default_and_one_custom_call():
     if not _has_kernel(jnp.float64):
         pytest.skip("no C++ compiler: the XLA path is the default")
     draws = _draws(64, jnp.float64)
     f = yanhe_forcing().astype(jnp.float64)
     target = _kernel.target(draws, Layout(), jnp.float64)
-    hlo = _ensemble._run.lower(draws, f, np.array([64], np.int32), n_lag=3, steps_per_year=12,
-                               target=target, threads=1, chunk=None,
-                               devices=None).compile().as_text()
+    prm = jnp.stack(jax.tree_util.tree_leaves(draws))
+    hlo = _ensemble._run_kernel.lower(prm, f, np.int32(64), steps_per_year=12, target=target,
+                                      threads=1).compile().as_text()
     # The whole time loop is one call of the generated kernel; no XLA loop over time steps
     # (the only loop left is the bisection of the initial soil moisture).
     assert hlo.count("custom_call_target=\"" + target) == 1
@@ -120,8 +114,7 @@ def test_xla_path_fuses_each_rk4_step():
     draws = _draws(256, jnp.float32)
     f = yanhe_forcing().astype(jnp.float32)
     hlo = _ensemble._run.lower(draws, f, np.array([256], np.int32), n_lag=3,
-                               steps_per_year=12, target=None, threads=0, chunk=None,
-                               devices=None).compile().as_text()
+                               steps_per_year=12, chunk=None, devices=None).compile().as_text()
     per_eval = _ensemble.loop_body_fusions(hlo) / (4 * 12)
     assert 1 <= per_eval <= 40, per_eval
 
@@ -133,13 +126,33 @@ def test_batch_sizes_in_one_bucket_compile_once():
     for n in (1, 7, 100, 999, 12345, 10**6):
         b = _ensemble.bucket_size(n)
         assert n <= b <= 1.125 * n + 1
-    assert _ensemble._kernel_chunk(106496) == 8192 and _ensemble._kernel_chunk(1024) is None
     f = yanhe_forcing()
-    before = _ensemble._run._cache_size()
-    a = r.simulate_ensemble(_draws(1000, jnp.float64, seed=1), f)
-    b = r.simulate_ensemble(_draws(1020, jnp.float64, seed=2), f)
-    assert _ensemble._run._cache_size() == before + 1
-    assert a.V.shape == (1000, 21) and b.V.shape == (1020, 21)
+    a_draws, b_draws = _draws(1000, jnp.float64, seed=1), _draws(1020, jnp.float64, seed=2)
+    for kw in (dict(), dict(kernel=False)):
+        a = r.simulate_ensemble(a_draws, f, **kw)  # compiles the bucket of 1024
+        with _compiles() as compiled:
+            b = r.simulate_ensemble(b_draws, f, **kw)
+        # the kernel path pads on the host: nothing compiles; the XLA path compiles only
+        # its small pad and slice for the new size (~0.1 s each), not the solve
+        assert len(compiled) == (0 if not kw and _has_kernel(jnp.float64) else 2), compiled
+        assert a.V.shape == (1000, 21) and b.V.shape == (1020, 21)
+        assert np.all(np.asarray(b.status) == OK)
+
+
+@contextlib.contextmanager
+def _compiles():
+    """The names of the XLA backend compilations within the block."""
+    names = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name", event))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_bad_batches_raise():

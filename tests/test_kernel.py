@@ -5,6 +5,7 @@ these tests pin the math functions it inlines (in ulps, over the whole range, sp
 included) and that loading it leaves the process's floating-point mode alone.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -39,9 +40,12 @@ def test_log_within_two_ulp(dtype):
     x = np.concatenate([np.exp(np.linspace(lo, np.log(float(fi.max)), 100_003)),
                         np.linspace(0.5, 2.0, 50_001)]).astype(dtype)
     x = x[(x > 0) & np.isfinite(x)]
-    got = _kernel.vector_math(name, "log", x)
     want = np.log(x.astype(np.longdouble))
-    assert _ulps(got, want, dtype).max() <= 2.0
+    assert _ulps(_kernel.vector_math(name, "log", x), want, dtype).max() <= 2.0
+    # the variant the generator uses for log(max(y, c)), c a normal literal: normal inputs
+    normal = x >= fi.tiny
+    got = _kernel.vector_math(name, "log_normal", x[normal])
+    assert _ulps(got, want[normal], dtype).max() <= 2.0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -67,6 +71,8 @@ def test_special_values(dtype):
     x = np.array([0.0, -0.0, -1.0, np.inf, -np.inf, np.nan, np.finfo(dtype).tiny / 8], dtype)
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(_kernel.vector_math(name, "log", x), np.log(x))
+    x = np.array([np.inf, np.nan, np.finfo(dtype).tiny, 1.0], dtype)
+    np.testing.assert_array_equal(_kernel.vector_math(name, "log_normal", x), np.log(x))
     x = np.array([0.0, -np.inf, np.inf, np.nan, 1e4, -1e4], dtype)
     np.testing.assert_array_equal(_kernel.vector_math(name, "exp", x),
                                   np.array([1.0, 0.0, np.inf, np.nan, np.inf, 0.0], dtype))
@@ -80,3 +86,20 @@ def test_loading_the_kernel_keeps_subnormals():
     tiny = np.array([5e-324, 1e-310])
     assert np.all(tiny * 1.0 == tiny) and np.all(tiny > 0)
     assert np.spacing(np.float64(1e-304)) > 0
+
+
+def test_log_of_a_guarded_argument_skips_the_subnormal_cases():
+    """``log(max(y, c))`` with a normal literal ``c`` (the model's guard) gets the cheaper
+    log; a log of an unguarded value, or guarded by a subnormal ``c``, the full one."""
+    def f(x):
+        return (jnp.log(jnp.maximum(x, 1e-30)) + jnp.log(x)
+                + jnp.log(jnp.maximum(x, 1e-320)))
+
+    closed = jax.make_jaxpr(f)(jax.ShapeDtypeStruct((), jnp.float64))
+    em = _kernel._Emitter()
+    em.jaxpr(closed.jaxpr, closed.consts, [(2, "X[i]", True)])
+    src = "\n".join(em.lines[2])
+    assert src.count("vlog<true>(") == 1 and src.count("vlog(") == 2, src
+    _, p = loess(jnp.float64)
+    rhs = _kernel.rhs_source(jax.tree_util.tree_structure(p), Layout(), jnp.float64)["RHS"]
+    assert rhs.count("vlog<true>(") == 2 and "vlog(" not in rhs  # the model's two logs

@@ -11,11 +11,11 @@ candidate once, and the table holds the median of the repeats, so that load from
 processes on a shared machine hits every row alike):
 
 * ``ensemble``: ``regv1_jax.simulate_ensemble(draws, forcing)``, the default call (on CPU
-  the generated C++ kernel; the batch split over every XLA device; see ``_ensemble.py``).
-  The script exposes one XLA host device per core unless ``XLA_FLAGS`` says otherwise.
-* ``ensemble_1dev``: the same on one device (the kernel's OpenMP threads use the cores).
+  the generated C++ kernel, one call whose OpenMP threads use every core; see
+  ``_ensemble.py``).
 * ``ensemble_xla``: ``simulate_ensemble(..., kernel=False)``: the pure-XLA path (batch-last
-  state in ``lax.scan``, L2-sized chunks, sharded) - what a GPU runs.
+  state in ``lax.scan``, L2-sized chunks, sharded over the XLA devices) - what a GPU runs.
+  The script exposes one XLA host device per core unless ``XLA_FLAGS`` says otherwise.
 * ``vmap_rk4``: ``jax.jit(jax.vmap(lambda q: simulate(q, forcing, method="rk4")))``.
 * ``numpy_rk4``: RK4 vectorised over the batch with numpy on ``rate_terms(xp=numpy)``.
 * ``numba_rk4``: RK4 per member with a hand-written numba right-hand side, ``prange``.
@@ -233,8 +233,7 @@ def run(args):
     # ---- loop kernels per right-hand-side evaluation --------------------------------------
     probe = space.sample_prior(jax.random.fold_in(key, 3), 1024, dtype=dtype)
     hlo = _ensemble._run.lower(probe, f_dt, np.array([1024], np.int32), n_lag=3,
-                               steps_per_year=S, target=None, threads=0, chunk=None,
-                               devices=None).compile().as_text()
+                               steps_per_year=S, chunk=None, devices=None).compile().as_text()
     vm_hlo = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S))
                      ).lower(probe).compile().as_text()
     from regv1_jax import _kernel
@@ -281,22 +280,17 @@ def run(args):
 
     # ---- throughput, interleaved ---------------------------------------------------------
     vmap_rk4 = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S)))
-    one = devices[:1]
     rows = []
     for n in sizes:
         d = space.sample_prior(jax.random.fold_in(key, n), n, dtype=dtype)
         cands = {
             "ensemble": lambda: r.simulate_ensemble(d, forcing, steps_per_year=S),
-            "ensemble_1dev": lambda: r.simulate_ensemble(d, forcing, steps_per_year=S,
-                                                         devices=one),
             "ensemble_xla": lambda: r.simulate_ensemble(d, forcing, steps_per_year=S,
                                                         kernel=False),
             "vmap_rk4": lambda: vmap_rk4(d),
             "numpy_rk4": lambda: peers.numpy_rk4(d, forcing, layout, S, np_dtype),
             "numba_rk4": lambda: peers.numba_rk4(d, forcing, layout, S, np_dtype),
         }
-        if n_dev == 1:
-            del cands["ensemble_1dev"]
         cands = {k: v for k, v in cands.items() if k not in skip}
         compile_s = {}
         for k, fn in cands.items():  # compile + warm up (numba compiles on first call)

@@ -7,6 +7,7 @@ member, whatever ``rate_terms`` says.
 
 import contextlib
 import functools
+import gc
 import re
 import textwrap
 from pathlib import Path
@@ -137,6 +138,23 @@ def test_batch_sizes_in_one_bucket_compile_once():
         assert len(compiled) == (0 if not kw and _has_kernel(jnp.float64) else 2), compiled
         assert a.V.shape == (1000, 21) and b.V.shape == (1020, 21)
         assert np.all(np.asarray(b.status) == OK)
+
+
+def test_padded_results_outlive_the_kernel_buffers():
+    """On the kernel path the results of a padded batch are views of the kernel's padded
+    arrays (no copy); they must stay valid after those arrays are dropped and memory is
+    reused."""
+    f = yanhe_forcing()
+    d = _draws(1020, jnp.float64, seed=3)  # bucket 1024
+    a = r.simulate_ensemble(d, f)
+    want = {k: np.array(getattr(a, k)) for k in ("V", "runoff", "SOM_layers", "status")}
+    gc.collect()
+    churn = [r.simulate_ensemble(_draws(1020, jnp.float64, seed=4), f) for _ in range(3)]
+    churn += [jnp.full((1024, 21), float(i)) for i in range(50)]
+    gc.collect()
+    for k, v in want.items():
+        np.testing.assert_array_equal(np.asarray(getattr(a, k)), v, err_msg=k)
+    assert a.V.shape == (1020, 21) and len(churn) == 53
 
 
 @contextlib.contextmanager

@@ -180,9 +180,8 @@ class _Emitter:
             return [self.let("vlog<true>({0})", ins, aval)]
         if name == "max":
             out = self.let(_BINARY[name], ins, aval)
-            tiny = float(np.finfo(aval.dtype).tiny)
-            if any(a[0] < 0 and re.fullmatch(r"T\((.*)\)", a[1])
-                   and float(a[1][2:-1]) >= tiny for a in ins):
+            literals = [re.fullmatch(r"T\((.*)\)", a[1]) for a in ins if a[0] < 0]
+            if any(m and float(m.group(1)) >= np.finfo(aval.dtype).tiny for m in literals):
                 self.normal.add(out[1])
             return [out]
         if name in _UNARY:

@@ -271,13 +271,19 @@ def _kernel_ensemble(params, forcing, B, *, steps_per_year, target, size, device
     The parameters are stacked and padded to ``size`` members on the host, and the padding
     is dropped there: numpy views of CPU buffers, so the results are prefixes of the
     kernel's own arrays (no copy of the outputs) and nothing is compiled per batch size (a
-    jitted pad or slice compiles once per size).  The kernel does not solve the padding.
+    jitted pad or slice compiles once per size).  Inside a caller's ``jit`` (traced
+    parameters) the padding is part of the caller's graph instead.  The kernel does not solve
+    the padding.
     """
     run = functools.partial(_run_kernel, steps_per_year=steps_per_year, target=target,
                             threads=_cores())
     if size == B:  # stacked in the jitted call
         return run(params, forcing, np.int32(B))
     leaves = jax.tree_util.tree_leaves(params)
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):  # inside a caller's jit
+        prm = jnp.stack(leaves)
+        prm = jnp.concatenate([prm, jnp.broadcast_to(prm[:, :1], (len(leaves), size - B))], 1)
+        return jax.tree_util.tree_map(lambda x: x[:B], run(prm, forcing, np.int32(B)))
     prm = np.empty((len(leaves), size), np.dtype(params.dtype))
     for j, x in enumerate(leaves):
         prm[j, :B] = np.asarray(x)

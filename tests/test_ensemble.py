@@ -157,6 +157,16 @@ def test_padded_results_outlive_the_kernel_buffers():
     assert a.V.shape == (1020, 21) and len(churn) == 53
 
 
+def test_ensemble_under_jit_equals_eager():
+    """Inside a caller's ``jit`` the padding is done in the graph (no host round trip)."""
+    draws, f, _ = _case(77, "float64", 5, bad=11)  # padded to 80
+    eager = r.simulate_ensemble(draws, f)
+    traced = jax.jit(lambda q: r.simulate_ensemble(q, f))(draws)
+    for k in ("V", "runoff", "SOM_layers", "status"):
+        np.testing.assert_array_equal(np.asarray(getattr(traced, k)),
+                                      np.asarray(getattr(eager, k)), err_msg=k)
+
+
 @contextlib.contextmanager
 def _compiles():
     """The names of the XLA backend compilations within the block."""

@@ -589,7 +589,10 @@ extern "C" void regv1_rk4_run(const T* __restrict PR, const T* __restrict FV, T*
   // A thread gets at least MIN_BLOCKS blocks: on a busy machine waking a second thread for
   // a few hundred microseconds of work costs more than it saves.
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, ntasks / MIN_BLOCKS)));
-  #pragma omp parallel for schedule(static) num_threads(nt) if(nt > 1)
+  // Blocks handed out four at a time: when another process slows one core, the others take
+  // over its share (float64, 32k members, 2 threads on a busy machine: median +5% over a
+  // static split; equal on a quiet one).
+  #pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if(nt > 1)
   for (int64_t b = 0; b < ntasks; ++b) {
     if (b < nfull) {
       block<WB>(PR, FV, R, OK, B, NY, steps, b * WB, WB);

@@ -103,3 +103,22 @@ def test_log_of_a_guarded_argument_skips_the_subnormal_cases():
     _, p = loess(jnp.float64)
     rhs = _kernel.rhs_source(jax.tree_util.tree_structure(p), Layout(), jnp.float64)["RHS"]
     assert rhs.count("vlog<true>(") == 2 and "vlog(" not in rhs  # the model's two logs
+
+
+@pytest.mark.parametrize("case", ["params", "forcing", "steps"])
+def test_kernel_call_rejects_bad_shapes(case):
+    """The FFI handler checks what it is given (it would otherwise read or write out of
+    bounds): the wrong number of parameter rows or forcing columns, odd steps per year."""
+    name = _target(np.float64)
+    _, p = loess(jnp.float64)
+    prm = jnp.stack([jnp.full((4,), x) for x in jax.tree_util.tree_leaves(p)])
+    fv = jnp.ones((3, 4))
+    steps = 12
+    if case == "params":
+        prm = prm[1:]
+    elif case == "forcing":
+        fv = jnp.ones((3, 3))
+    else:
+        steps = 7
+    with pytest.raises(Exception, match="bad shapes or steps"):
+        jax.block_until_ready(_kernel.rk4_observed(name, prm, fv, steps, 1))

@@ -281,9 +281,7 @@ def _kernel_ensemble(params, forcing, B, *, steps_per_year, target, size, device
         return run(params, forcing, np.int32(B))
     leaves = jax.tree_util.tree_leaves(params)
     if any(isinstance(x, jax.core.Tracer) for x in leaves):  # inside a caller's jit
-        prm = jnp.stack(leaves)
-        prm = jnp.concatenate([prm, jnp.broadcast_to(prm[:, :1], (len(leaves), size - B))], 1)
-        return jax.tree_util.tree_map(lambda x: x[:B], run(prm, forcing, np.int32(B)))
+        return _unpad(run(_pad(params, 1, size), forcing, np.int32(B)), 1, B)
     prm = np.empty((len(leaves), size), np.dtype(params.dtype))
     for j, x in enumerate(leaves):
         prm[j, :B] = np.asarray(x)

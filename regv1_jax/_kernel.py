@@ -114,6 +114,12 @@ class _Emitter:
         # a literal c (the model's guard before a log); their log needs no subnormal, zero
         # or negative cases
         self.normal = set()
+        # values known to be >= 0 or NaN (a square, a square root, an exp): a literal >= the
+        # smallest normal number plus one of them is normal (the model's 1 + raw^8)
+        self.nonneg = set()
+        # name -> (base atom, p): the value is base ** p, built by square roots and
+        # reciprocals (the model's eighth root sqrt(sqrt(1 / sqrt(x))))
+        self.power = {}
 
     def ref(self, atom, level):
         lvl, name, direct = atom
@@ -178,12 +184,50 @@ class _Emitter:
             return [self.let("({0} * {1})", [ins[0], inv], aval)]
         if name == "log" and ins[0][1] in self.normal:
             return [self.let("vlog<true>({0})", ins, aval)]
-        if name == "max":
+        if name in ("max", "add") and np.issubdtype(aval.dtype, np.floating):
             out = self.let(_BINARY[name], ins, aval)
+            tiny = np.finfo(aval.dtype).tiny
             literals = [re.fullmatch(r"T\((.*)\)", a[1]) for a in ins if a[0] < 0]
-            if any(m and float(m.group(1)) >= np.finfo(aval.dtype).tiny for m in literals):
+            if any(m and float(m.group(1)) >= tiny for m in literals) and (
+                    name == "max" or all(a[0] < 0 or a[1] in self.nonneg for a in ins)):
                 self.normal.add(out[1])
+                self.nonneg.add(out[1])
             return [out]
+        power = self.root(name, ins)
+        if power is not None:
+            base, p = power
+            if p == -0.125 and base[1] in self.normal:
+                out = self.let("vinv8rt({0})", [base], aval)
+            else:
+                out = self.let(_UNARY[name] if name in _UNARY else _BINARY[name], ins, aval)
+            self.power[out[1]] = power
+            if name == "sqrt" or base[1] in self.nonneg:
+                self.nonneg.add(out[1])
+            return [out]
+        if name in ("mul", "exp") or name == "integer_pow" and eqn.params["y"] % 2 == 0:
+            out = self.eqn_plain(eqn, ins)
+            if name == "exp" or name == "integer_pow" or ins[0] == ins[1] or all(
+                    a[1] in self.nonneg for a in ins):
+                self.nonneg.add(out[0][1])
+            return out
+        return self.eqn_plain(eqn, ins)
+
+    def root(self, name, ins):
+        """``(base, p)`` when this equation makes ``base ** p`` by a square root, a reciprocal
+        square root or a reciprocal of a tracked power (else None)."""
+        if ins[0][0] < 0 and name != "div":
+            return None
+        if name in ("sqrt", "rsqrt"):
+            base, p = self.power.get(ins[0][1], (ins[0], 1.0))
+            return base, (p if name == "sqrt" else -p) / 2
+        if name == "div" and ins[0] == (-1, "T(1.0)", True) and ins[1][1] in self.power:
+            base, p = self.power[ins[1][1]]
+            return base, -p
+        return None
+
+    def eqn_plain(self, eqn, ins):
+        name = eqn.primitive.name
+        aval = eqn.outvars[0].aval
         if name in _UNARY:
             return [self.let(_UNARY[name], ins, aval)]
         if name in _BINARY:
@@ -608,8 +652,8 @@ extern "C" void regv1_rk4_run(const T* __restrict PR, const T* __restrict FV, T*
   }
 }
 
-// exp (op 0), log (op 1) or log of normal numbers (op 2) of x[0..n) into y: the kernel's
-// own functions, for the tests.
+// exp (op 0), log (op 1), log of normal numbers (op 2) or x^(-1/8) of normal numbers (op 3)
+// of x[0..n) into y: the kernel's own functions, for the tests.
 extern "C" void regv1_vmath(int op, const T* __restrict x, T* __restrict y, int64_t n) {
   if (op == 0) {
     #pragma omp simd
@@ -617,9 +661,12 @@ extern "C" void regv1_vmath(int op, const T* __restrict x, T* __restrict y, int6
   } else if (op == 1) {
     #pragma omp simd
     for (int64_t i = 0; i < n; ++i) y[i] = vlog(x[i]);
-  } else {
+  } else if (op == 2) {
     #pragma omp simd
     for (int64_t i = 0; i < n; ++i) y[i] = vlog<true>(x[i]);
+  } else {
+    #pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = vinv8rt(x[i]);
   }
 }
 
@@ -756,6 +803,26 @@ static inline __attribute__((always_inline)) T vlog(T x) {
   if constexpr (NORMAL) return res;
   res = (u0 != a) ? T(__builtin_nan("")) : res;  // negative -> NaN
   return a == 0 ? T(-__builtin_inf()) : res;
+}
+
+// x^(-1/8) for x NaN, +inf or at least the smallest normal number (the generator proves it,
+// as for vlog<true>: the model's smooth runoff cap takes (1 + raw^8)^(-1/8)).  As written,
+// sqrt(sqrt(1 / sqrt(x))) is three square roots and a division in one dependency chain, all
+// on the divider (~10% of a float64 evaluation); here: a seed from the bits, bits(y) =
+// K - bits(x) / 8 (within 3%), then third-order steps y += y e (1/8 + 9/128 e),
+// e = 1 - x y^8 (two for float, three for double; within 1.5 ulp, checked in
+// tests/test_kernel.py).  x y^8 is taken as (x y^4) y^4: no overflow for any normal x.
+static inline __attribute__((always_inline)) T vinv8rt(T x) {
+  constexpr bool f32 = sizeof(T) == 4;
+  constexpr U inf = f32 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  const U b = __builtin_bit_cast(U, x);
+  T y = __builtin_bit_cast(T, U((f32 ? U(0x47692000u) : U(0x47ED200000000000ull)) - (b >> 3)));
+  for (int k = 0; k < (f32 ? 2 : 3); ++k) {
+    const T y2 = y * y, y4 = y2 * y2;
+    const T e = T(1) - (x * y4) * y4;
+    y = y + (y * e) * (T(0.125) + e * T(9.0 / 128));
+  }
+  return b == inf ? T(0) : y;  // NaN stays NaN through e
 }
 """
 
@@ -899,12 +966,13 @@ def rk4_observed(name: str, prm, forcing_values, steps_per_year: int, threads: i
 
 
 def vector_math(name: str, op: str, x: np.ndarray) -> np.ndarray:
-    """The kernel's own ``exp``, ``log`` or ``log_normal`` (its log where the argument is known
-    to be NaN, +inf or at least the smallest normal number) of the array ``x`` (its dtype),
-    for tests against numpy; ``name``: a target from :func:`target`."""
+    """The kernel's own ``exp``, ``log``, ``log_normal`` (its log where the argument is known
+    to be NaN, +inf or at least the smallest normal number) or ``inv8rt`` (``x ** -1/8``,
+    same domain) of the array ``x`` (its dtype), for tests against numpy; ``name``: a target
+    from :func:`target`."""
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     f = _LIBS[name].regv1_vmath
     f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    f(dict(exp=0, log=1, log_normal=2)[op], x.ctypes.data, y.ctypes.data, x.size)
+    f(dict(exp=0, log=1, log_normal=2, inv8rt=3)[op], x.ctypes.data, y.ctypes.data, x.size)
     return y

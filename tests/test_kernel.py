@@ -78,6 +78,44 @@ def test_special_values(dtype):
                                   np.array([1.0, 0.0, np.inf, np.nan, np.inf, 0.0], dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inverse_eighth_root_within_one_and_a_half_ulp(dtype):
+    """``x ** (-1/8)`` by a bit seed and third-order steps (the model's smooth cap, where the
+    generator proves x normal): over every normal x, and inf -> 0, NaN -> NaN."""
+    name = _target(dtype)
+    fi = np.finfo(dtype)
+    x = np.concatenate([np.exp(np.linspace(np.log(float(fi.tiny)), np.log(float(fi.max)),
+                                           200_003)),
+                        np.linspace(1.0, 256.0, 100_001)]).astype(dtype)
+    x = x[(x >= fi.tiny) & np.isfinite(x)]
+    want = x.astype(np.longdouble) ** np.longdouble(-0.125)
+    assert _ulps(_kernel.vector_math(name, "inv8rt", x), want, dtype).max() <= 1.5
+    x = np.array([np.inf, np.nan, 1.0, 256.0], dtype)
+    np.testing.assert_array_equal(_kernel.vector_math(name, "inv8rt", x),
+                                  np.array([0.0, np.nan, 1.0, 0.5], dtype))
+
+
+def test_eighth_root_of_a_proven_normal_value_takes_the_iteration():
+    """``sqrt(sqrt(1 / sqrt(v)))`` becomes ``vinv8rt(v)`` where ``v`` is a normal literal
+    plus a value known to be >= 0 (the model's ``1 + raw^8``); of an unproven ``v`` (could
+    be 0, subnormal or negative) it stays three square roots and a division."""
+    def f(x):
+        x4 = (x * x) * (x * x)
+        cap = jnp.sqrt(jnp.sqrt(1.0 / jnp.sqrt(1.0 + x4 * x4)))
+        free = jnp.sqrt(jnp.sqrt(1.0 / jnp.sqrt(x)))
+        neg = jnp.sqrt(jnp.sqrt(1.0 / jnp.sqrt(1.0 + x)))  # 1 + x can be anything
+        return cap + free + neg
+
+    closed = jax.make_jaxpr(f)(jax.ShapeDtypeStruct((), jnp.float64))
+    em = _kernel._Emitter()
+    em.jaxpr(closed.jaxpr, closed.consts, [(2, "X[i]", True)])
+    src = "\n".join(em.lines[2])
+    assert src.count("vinv8rt(") == 1 and src.count("std::sqrt(") == 2 + 3 + 3, src
+    _, p = loess(jnp.float64)
+    rhs = _kernel.rhs_source(jax.tree_util.tree_structure(p), Layout(), jnp.float64)["RHS"]
+    assert rhs.count("vinv8rt(") == 1  # the model's cap
+
+
 def test_loading_the_kernel_keeps_subnormals():
     """The kernel is compiled with -ffast-math but linked without it: GCC's crtfastmath.o
     would set flush-to-zero for the whole process when the library loads."""

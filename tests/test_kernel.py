@@ -116,6 +116,42 @@ def test_eighth_root_of_a_proven_normal_value_takes_the_iteration():
     assert rhs.count("vinv8rt(") == 1  # the model's cap
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_evaluation_loop_is_vectorized(dtype, tmp_path):
+    """GCC vectorizes both lane loops of ``rhs`` (the interleaved full block and the
+    one-register tail) in all four RK stages.  A body that it cannot if-convert (a select on
+    an integer compare in vinv8rt did this once) leaves a loop scalar without any error: the
+    tail blocks, so B = 1, took 3x as long."""
+    import re
+    import shutil
+    import subprocess
+
+    _target(dtype)
+    cxx = shutil.which("g++")
+    if cxx is None or "clang" in subprocess.run([cxx, "--version"], capture_output=True,
+                                                text=True).stdout.lower():
+        pytest.skip("needs GCC's -fopt-info")
+    _, p = loess(jnp.dtype(dtype))
+    src = _kernel._source(jax.tree_util.tree_structure(p), Layout(), dtype)
+    cc = tmp_path / "rk4.cc"
+    cc.write_text(src)
+    res = subprocess.run([cxx, *_kernel.CXXFLAGS, "-I", jax.ffi.include_dir(), "-c", str(cc),
+                          "-o", str(tmp_path / "rk4.o"), "-fopt-info-vec-all"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = src.splitlines()
+    start = next(k for k, line in enumerate(lines) if "static inline void rhs" in line)
+    end = next(k for k in range(start, len(lines)) if "static inline void load" in lines[k])
+    loops = [k + 1 for k in range(start, end)
+             if lines[k].strip().startswith("for (int i = 0; i < W")]
+    assert len(loops) == 2
+    for line in loops:  # GCC reports a loop at its line or the next (its body's start)
+        at = rf"rk4\.cc:({line}|{line + 1}):\d+:"
+        done = re.findall(at + " optimized: loop vectorized", res.stderr)
+        missed = re.findall(at + " missed: couldn't vectorize loop", res.stderr)
+        assert len(done) == 4 and not missed, (line, lines[line - 1], done, missed)
+
+
 def test_loading_the_kernel_keeps_subnormals():
     """The kernel is compiled with -ffast-math but linked without it: GCC's crtfastmath.o
     would set flush-to-zero for the whole process when the library loads."""

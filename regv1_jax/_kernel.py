@@ -184,33 +184,42 @@ class _Emitter:
             return [self.let("({0} * {1})", [ins[0], inv], aval)]
         if name == "log" and ins[0][1] in self.normal:
             return [self.let("vlog<true>({0})", ins, aval)]
-        if name in ("max", "add") and np.issubdtype(aval.dtype, np.floating):
-            out = self.let(_BINARY[name], ins, aval)
-            tiny = np.finfo(aval.dtype).tiny
-            literals = [re.fullmatch(r"T\((.*)\)", a[1]) for a in ins if a[0] < 0]
-            if any(m and float(m.group(1)) >= tiny for m in literals) and (
-                    name == "max" or all(a[0] < 0 or a[1] in self.nonneg for a in ins)):
-                self.normal.add(out[1])
-                self.nonneg.add(out[1])
-            return [out]
         power = self.root(name, ins)
-        if power is not None:
-            base, p = power
-            if p == -0.125 and base[1] in self.normal:
-                out = self.let("vinv8rt({0})", [base], aval)
-            else:
-                out = self.let(_UNARY[name] if name in _UNARY else _BINARY[name], ins, aval)
-            self.power[out[1]] = power
-            if name == "sqrt" or base[1] in self.nonneg:
-                self.nonneg.add(out[1])
-            return [out]
-        if name in ("mul", "exp") or name == "integer_pow" and eqn.params["y"] % 2 == 0:
+        if power is not None and power[1] == -0.125 and power[0][1] in self.normal:
+            out = [self.let("vinv8rt({0})", [power[0]], aval)]
+        else:
             out = self.eqn_plain(eqn, ins)
-            if name == "exp" or name == "integer_pow" or ins[0] == ins[1] or all(
-                    a[1] in self.nonneg for a in ins):
-                self.nonneg.add(out[0][1])
-            return out
-        return self.eqn_plain(eqn, ins)
+        if power is not None:
+            self.power[out[0][1]] = power
+        if name in ("max", "add") and self.normal_result(name, ins, aval):
+            self.normal.add(out[0][1])
+            self.nonneg.add(out[0][1])
+        elif power is not None or self.nonneg_result(eqn, ins):
+            self.nonneg.add(out[0][1])  # a tracked power is a root or its reciprocal
+        return out
+
+    def nonneg_result(self, eqn, ins) -> bool:
+        """Whether the equation's value is known to be >= 0 (or NaN)."""
+        name = eqn.primitive.name
+        if name in ("exp", "sqrt"):
+            return True
+        if name == "integer_pow":
+            return eqn.params["y"] % 2 == 0
+        if name in ("mul", "add"):
+            return (name == "mul" and ins[0] == ins[1]) or all(
+                a[1] in self.nonneg for a in ins)
+        return False
+
+    def normal_result(self, name, ins, aval) -> bool:
+        """``max(x, c)``, or ``c + y`` with ``y`` known >= 0, for a literal ``c`` at least the
+        smallest normal number: NaN, +inf or normal."""
+        if not np.issubdtype(aval.dtype, np.floating):
+            return False
+        tiny = np.finfo(aval.dtype).tiny
+        literal = any(m and float(m.group(1)) >= tiny
+                      for m in (re.fullmatch(r"T\((.*)\)", a[1]) for a in ins if a[0] < 0))
+        return literal and (name == "max" or all(a[0] < 0 or a[1] in self.nonneg
+                                                 for a in ins))
 
     def root(self, name, ins):
         """``(base, p)`` when this equation makes ``base ** p`` by a square root, a reciprocal

@@ -5,6 +5,10 @@ these tests pin the math functions it inlines (in ulps, over the whole range, sp
 included) and that loading it leaves the process's floating-point mode alone.
 """
 
+import re
+import shutil
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,10 +126,6 @@ def test_every_evaluation_loop_is_vectorized(dtype, tmp_path):
     one-register tail) in all four RK stages.  A body that it cannot if-convert (a select on
     an integer compare in vinv8rt did this once) leaves a loop scalar without any error: the
     tail blocks, so B = 1, took 3x as long."""
-    import re
-    import shutil
-    import subprocess
-
     _target(dtype)
     cxx = shutil.which("g++")
     if cxx is None or "clang" in subprocess.run([cxx, "--version"], capture_output=True,

@@ -34,8 +34,8 @@ def main(argv=None):
     import jax.numpy as jnp
 
     import regv1_jax as r
-    from regv1_jax._sites import get_site, site_forcing
     from regv1_jax.analysis import QoIContext, evaluate, make_qoi
+    from regv1_jax.io._sites import get_site, site_forcing
 
     result = run_header()
     site = get_site("Yanhe-basin")

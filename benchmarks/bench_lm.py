@@ -32,7 +32,7 @@ import optimistix as optx  # noqa: E402
 from _machine import run_header  # noqa: E402
 
 import regv1_jax as r  # noqa: E402
-from regv1_jax._calibrate import (  # noqa: E402
+from regv1_jax.fit._config import (  # noqa: E402
     MAX_FREE,
     SEED_STAGES,
     CalibrationConfig,
@@ -43,8 +43,8 @@ from regv1_jax._calibrate import (  # noqa: E402
     _stack,
     _weights,
 )
-from regv1_jax._objective import make_targets  # noqa: E402
-from regv1_jax._sites import get_site, site_forcing  # noqa: E402
+from regv1_jax.fit._objective import make_targets  # noqa: E402
+from regv1_jax.io._sites import get_site, site_forcing  # noqa: E402
 
 
 def main():

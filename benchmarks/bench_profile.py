@@ -67,8 +67,8 @@ def main(argv=None):
     import numpy as np
     from scipy.optimize import least_squares
 
-    from regv1_jax._calibrate import CalibrationConfig
     from regv1_jax.analysis import ProfileSetup, point_residual_fn, profile
+    from regv1_jax.fit._config import CalibrationConfig
 
     out = Path(args.out) if args.out else \
         HERE / "results" / f"profile_{socket.gethostname()}_{args.method}.json"

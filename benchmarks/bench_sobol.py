@@ -69,8 +69,6 @@ def main(argv=None):
     from SALib.sample import sobol as salib_sample
 
     import regv1_jax as r
-    from regv1_jax._model import Layout
-    from regv1_jax._sites import get_site, site_forcing
     from regv1_jax.analysis import QoIContext, make_qoi, sobol_study
     from regv1_jax.analysis._sobol import (
         block_size,
@@ -78,6 +76,8 @@ def main(argv=None):
         saltelli_matrix,
         unit_to_params,
     )
+    from regv1_jax.io._sites import get_site, site_forcing
+    from regv1_jax.model._field import Layout
 
     result = run_header()
     site = get_site("Yanhe-basin")

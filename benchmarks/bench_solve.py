@@ -85,7 +85,7 @@ def light_inputs(p_np, f_np):
     """
     from types import SimpleNamespace
 
-    from regv1_jax._params import PARAM_NAMES
+    from regv1_jax.model._params import PARAM_NAMES
 
     p = SimpleNamespace(**{k: float(getattr(p_np, k)) for k in PARAM_NAMES})
     f = SimpleNamespace(rainfall=f_np.rainfall, intensity=f_np.intensity,
@@ -99,7 +99,7 @@ def scipy_yearly_grid(p_np, f_np, layout, method, rtol, atol, stats=None):
     import numpy as np
     from scipy.integrate import solve_ivp
 
-    from regv1_jax._model import initial_state, vector_field_numpy, year_drivers
+    from regv1_jax.model._field import initial_state, vector_field_numpy, year_drivers
 
     y = np.asarray(initial_state(p_np, year_drivers(p_np, f_np), layout, xp=np),
                    dtype=np.float64)
@@ -199,8 +199,8 @@ def run(args):
     import peers
 
     import regv1_jax as r
-    from regv1_jax import _ensemble
-    from regv1_jax._model import Layout
+    from regv1_jax.model._field import Layout
+    from regv1_jax.solve import _ensemble
 
     dtype = jnp.float32 if args.dtype == "float32" else jnp.float64
     np_dtype = np.float32 if args.dtype == "float32" else np.float64
@@ -236,7 +236,7 @@ def run(args):
                                steps_per_year=S, chunk=None, devices=None).compile().as_text()
     vm_hlo = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S))
                      ).lower(probe).compile().as_text()
-    from regv1_jax import _kernel
+    from regv1_jax.solve import kernel as _kernel
 
     target = _kernel.target(probe, layout, dtype)
     result["fusions_per_rhs_evaluation"] = dict(
@@ -339,7 +339,7 @@ def run(args):
         print(f"  diffrax_tsit5_vmap n={n}: {n / m:.0f} solves/s", flush=True)
 
     # ---- the scipy peer ------------------------------------------------------------------
-    from regv1_jax._model import initial_state, vector_field_numpy, year_drivers
+    from regv1_jax.model._field import initial_state, vector_field_numpy, year_drivers
 
     m = args.scipy_sample
     sample = space.sample_prior(jax.random.fold_in(key, 11), m, dtype=jnp.float64)

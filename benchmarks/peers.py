@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from regv1_jax._model import Drivers, Layout, drivers, initial_state, rate_terms, year_drivers
-from regv1_jax._params import PARAM_NAMES
+from regv1_jax.model._field import Drivers, Layout, drivers, initial_state, rate_terms, year_drivers
+from regv1_jax.model._params import PARAM_NAMES
 
 
 def _numpy_params(params, dtype):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from regv1_jax._staged import CODES
 from regv1_jax.analysis import map_chunks
 from regv1_jax.analysis._bootstrap import (
     bca_interval,
@@ -27,6 +26,7 @@ from regv1_jax.analysis._bootstrap import (
     stationary_indices,
     year_weights,
 )
+from regv1_jax.fit._staged import CODES
 
 jax.config.update("jax_enable_x64", True)
 
@@ -162,7 +162,7 @@ def test_map_chunks_keeps_columns_and_resumes(tmp_path):
 def test_cli_bad_bootstrap_input_is_one_line_before_computing(tmp_path):
     from click.testing import CliRunner
 
-    from regv1_jax.cli import main
+    from regv1_jax.cli._main import main
 
     for args in (["bootstrap", "--site", "Yanhe-basin", "--block-length", "0"],
                  ["calibrate", "--site", "Yanhe-basin", "--uncertainty", "--block-length",
@@ -182,9 +182,9 @@ RAIN = 420 + 60 * np.sin(np.arange(START, END + 1) * 1.7)
 
 def tiny_problem(tmp, noise_seed=3):
     import regv1_jax as r
-    from regv1_jax._calibrate import SEED_STAGES, CalibrationConfig
-    from regv1_jax._objective import make_targets
-    from regv1_jax._synthetic import make_twin, twin_forcing, write_twin
+    from regv1_jax.fit._config import SEED_STAGES, CalibrationConfig
+    from regv1_jax.fit._objective import make_targets
+    from regv1_jax.fit._synthetic import make_twin, twin_forcing, write_twin
 
     stages = (dataclasses.replace(SEED_STAGES[0], events=False),)
     cfg = CalibrationConfig(stages=stages, n_starts=1, lm_steps=15, prior_weight=0.0,
@@ -239,7 +239,7 @@ sys.path.insert(0, "{Path(__file__).resolve().parent}")
 import numpy as np, jax.numpy as jnp
 from pathlib import Path
 from test_bootstrap import tiny_problem, PS
-from regv1_jax._compile_cache import enable_cache
+from regv1_jax.cli._cache import enable_cache
 from regv1_jax.analysis._bootstrap import bootstrap_study
 enable_cache()
 assert len(jax.devices()) == 4
@@ -263,7 +263,7 @@ print("SHARDED OK")
 def test_cli_bootstrap_end_to_end(tmp_path):
     from click.testing import CliRunner
 
-    from regv1_jax.cli import main
+    from regv1_jax.cli._main import main
 
     _, _, _, cfg, path = tiny_problem(tmp_path)
     conf = tmp_path / "cfg.json"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax._calibrate import (
+from regv1_jax.fit._config import (
     SEED_STAGES,
     CalibrationConfig,
     CalibrationError,
@@ -22,11 +22,11 @@ from regv1_jax._calibrate import (
     load_config,
     run_stage,
 )
-from regv1_jax._data import load_site
-from regv1_jax._fit import calibrate_site, fit_metrics
-from regv1_jax._objective import make_targets
-from regv1_jax._report import write_outputs
-from regv1_jax._synthetic import DEFAULT_NOISE, make_twin, twin_forcing, write_twin
+from regv1_jax.fit._objective import make_targets
+from regv1_jax.fit._site import calibrate_site, fit_metrics
+from regv1_jax.fit._synthetic import DEFAULT_NOISE, make_twin, twin_forcing, write_twin
+from regv1_jax.io._observations import load_site
+from regv1_jax.report._calibration import write_outputs
 
 START, END = 1995, 2010
 TRUTH = dict(r_V=0.10, K_V=0.72, a1=0.20, a2=0.040, lambda1=0.6, lambda2=0.06, eta1=6.0,
@@ -157,7 +157,7 @@ def test_errors(setup, exact, tmp_path):
                            jax.random.PRNGKey(0))
     assert res.status == "skipped" and "1 observations for 2 free parameters" in res.skipped
     assert float(p_few.r_V) == float(prior.r_V)
-    with pytest.raises(r._data.DataError, match="not-a-site"):
+    with pytest.raises(r.DataError, match="not-a-site"):
         load_site(obs.source_file, "not-a-site")
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"stages": [{"name": "v", "free": ["r_V"],
@@ -238,7 +238,7 @@ def test_site_calibration_writes_the_report(setup, tmp_path):
 def test_spd_solve_equals_numpy_and_rejects_an_indefinite_matrix():
     """The LM step's Cholesky solve (jnp, no LAPACK call: see ``_spd_solve``) equals numpy's
     solve on damped normal matrices, also with an all-zero (padded) column, under vmap."""
-    from regv1_jax._calibrate import _spd_solve
+    from regv1_jax.fit._config import _spd_solve
 
     rng = np.random.default_rng(0)
     Ms, bs = [], []

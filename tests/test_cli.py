@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from regv1_jax._paths import data_path
-from regv1_jax.cli import SIM_COLUMNS, main
+from regv1_jax.cli._main import SIM_COLUMNS, main
 
 
 def test_simulate_writes_one_row_per_year_with_closed_water_balance(tmp_path):
@@ -82,7 +82,7 @@ def calibrated(tmp_path_factory):
 
 
 def test_calibrate_writes_an_owned_folder_with_a_manifest(calibrated):
-    from regv1_jax._outputs import sha256
+    from regv1_jax.report._outputs import sha256
 
     out, cfg, _ = calibrated
     names = {p.name for p in out.iterdir()}
@@ -132,7 +132,7 @@ def test_the_html_report_is_self_contained_with_valid_css(calibrated):
 
 
 def test_atomic_out_dir_replaces_whole_folders_and_survives_interrupts(tmp_path):
-    from regv1_jax._outputs import atomic_out_dir, check_out_dir, read_manifest
+    from regv1_jax.report._outputs import atomic_out_dir, check_out_dir, read_manifest
 
     out = tmp_path / "o"
     with atomic_out_dir(out, {"tool": "regv1_jax"}) as d:
@@ -156,7 +156,7 @@ def test_atomic_out_dir_replaces_whole_folders_and_survives_interrupts(tmp_path)
 
 
 def test_atomic_files_write_all_or_nothing(tmp_path):
-    from regv1_jax._outputs import atomic_files
+    from regv1_jax.report._outputs import atomic_files
 
     a, b = tmp_path / "a.csv", tmp_path / "b.png"
     a.write_text("old")
@@ -187,7 +187,7 @@ def test_sites_lists_the_bundled_sites():
 
 
 def test_show_config_prints_a_config_that_loads(tmp_path):
-    from regv1_jax._calibrate import CONFIG_KEYS, CalibrationConfig, load_config
+    from regv1_jax.fit._config import CONFIG_KEYS, CalibrationConfig, load_config
 
     res = CliRunner().invoke(main, ["calibrate", "--show-config"])
     assert res.exit_code == 0, res.output
@@ -212,12 +212,12 @@ def test_the_compiled_fit_holds_no_host_callback():
     import jax
     import jax.numpy as jnp
 
-    from regv1_jax import _calibrate as C
-    from regv1_jax._compile_cache import cacheable_traces
-    from regv1_jax._objective import make_targets
-    from regv1_jax._params import load_param_space
-    from regv1_jax._sites import get_site, site_forcing
-    from regv1_jax._staged import cell_weights, fit_staged, staged_problem
+    from regv1_jax.cli._cache import cacheable_traces
+    from regv1_jax.fit import _config as C
+    from regv1_jax.fit._objective import make_targets
+    from regv1_jax.fit._staged import cell_weights, fit_staged, staged_problem
+    from regv1_jax.io._sites import get_site, site_forcing
+    from regv1_jax.model._params import load_param_space
 
     jax.clear_caches()  # no inner trace (of simulate) made earlier in raise mode
     s = get_site("Yanhe-basin")

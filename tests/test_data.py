@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from regv1_jax._data import (
+from regv1_jax._paths import data_dir, data_path
+from regv1_jax.io._observations import (
     OBSERVED,
     REQUIRED_COLUMNS,
     DataError,
@@ -22,7 +23,6 @@ from regv1_jax._data import (
     read_observations,
     read_validation_sites,
 )
-from regv1_jax._paths import data_dir, data_path
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_NAME = "000_a37f77e0c963f8f2.txt"

@@ -20,9 +20,10 @@ import pytest
 from helpers import loess, run_on_cpu_devices, yanhe_forcing
 
 import regv1_jax as r
-from regv1_jax import _ensemble, _kernel
-from regv1_jax._model import THETA_BISECTIONS, THETA_BISECTIONS_F32, Layout
-from regv1_jax._solve import NONFINITE, OK
+from regv1_jax.model._field import THETA_BISECTIONS, THETA_BISECTIONS_F32, Layout
+from regv1_jax.solve import _ensemble
+from regv1_jax.solve import kernel as _kernel
+from regv1_jax.solve._simulate import NONFINITE, OK
 
 OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
            "erosion", "storage_change", "rainfall")

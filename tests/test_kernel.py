@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from helpers import loess
 
-from regv1_jax import _kernel
-from regv1_jax._model import Layout
+from regv1_jax.model._field import Layout
+from regv1_jax.solve import kernel as _kernel
 
 DTYPES = (np.float32, np.float64)
 
@@ -111,7 +111,7 @@ def test_eighth_root_of_a_proven_normal_value_takes_the_iteration():
         return cap + free + neg
 
     closed = jax.make_jaxpr(f)(jax.ShapeDtypeStruct((), jnp.float64))
-    em = _kernel._Emitter()
+    em = _kernel.Emitter()
     em.jaxpr(closed.jaxpr, closed.consts, [(2, "X[i]", True)])
     src = "\n".join(em.lines[2])
     assert src.count("vinv8rt(") == 1 and src.count("std::sqrt(") == 2 + 3 + 3, src
@@ -132,7 +132,7 @@ def test_every_evaluation_loop_is_vectorized(dtype, tmp_path):
                                                 text=True).stdout.lower():
         pytest.skip("needs GCC's -fopt-info")
     _, p = loess(jnp.dtype(dtype))
-    src = _kernel._source(jax.tree_util.tree_structure(p), Layout(), dtype)
+    src = _kernel.kernel_source(jax.tree_util.tree_structure(p), Layout(), dtype)
     cc = tmp_path / "rk4.cc"
     cc.write_text(src)
     res = subprocess.run([cxx, *_kernel.CXXFLAGS, "-I", jax.ffi.include_dir(), "-c", str(cc),
@@ -170,7 +170,7 @@ def test_log_of_a_guarded_argument_skips_the_subnormal_cases():
                 + jnp.log(jnp.maximum(x, 1e-320)))
 
     closed = jax.make_jaxpr(f)(jax.ShapeDtypeStruct((), jnp.float64))
-    em = _kernel._Emitter()
+    em = _kernel.Emitter()
     em.jaxpr(closed.jaxpr, closed.consts, [(2, "X[i]", True)])
     src = "\n".join(em.lines[2])
     assert src.count("vlog<true>(") == 1 and src.count("vlog(") == 2, src

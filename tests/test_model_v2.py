@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax._equilibria import Climate, bifurcation, equilibria
-from regv1_jax._model import (
+from regv1_jax._paths import data_path
+from regv1_jax.fit._objective import SEED_EVENTS, event_ratios
+from regv1_jax.io._sites import get_site, site_forcing
+from regv1_jax.model._equilibria import Climate, bifurcation, equilibria
+from regv1_jax.model._field import (
     Layout,
     drivers,
     initial_state,
@@ -17,9 +20,6 @@ from regv1_jax._model import (
     som_topsoil,
     year_drivers,
 )
-from regv1_jax._objective import SEED_EVENTS, event_ratios
-from regv1_jax._paths import data_path
-from regv1_jax._sites import get_site, site_forcing
 
 LAYOUT = Layout()
 # One rainfall sweep shape for every bifurcation call in this file (one compilation).

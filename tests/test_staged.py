@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax._calibrate import SEED_STAGES, CalibrationConfig, _Settings, calibrate_stages
-from regv1_jax._objective import TARGET_VARIABLES, make_targets
-from regv1_jax._staged import CODES, TRACES, fit_staged, staged_problem
-from regv1_jax._synthetic import make_twin, twin_forcing, write_twin
+from regv1_jax.fit._config import SEED_STAGES, CalibrationConfig, _Settings, calibrate_stages
+from regv1_jax.fit._objective import TARGET_VARIABLES, make_targets
+from regv1_jax.fit._staged import CODES, TRACES, fit_staged, staged_problem
+from regv1_jax.fit._synthetic import make_twin, twin_forcing, write_twin
 
 START, END = 1999, 2008
 RAIN = 420 + 60 * np.sin(np.arange(START, END + 1) * 1.7)

@@ -11,9 +11,7 @@ import pandas as pd
 import pytest
 
 import regv1_jax as r
-from regv1_jax._data import DEPTHS, load_sites_registry, read_observations
-from regv1_jax._params import ParameterError
-from regv1_jax._synthetic import (
+from regv1_jax.fit._synthetic import (
     COLUMNS,
     DEFAULT_NOISE,
     SOLVER,
@@ -23,6 +21,8 @@ from regv1_jax._synthetic import (
     twin_forcing,
     write_twin,
 )
+from regv1_jax.io._observations import DEPTHS, load_sites_registry, read_observations
+from regv1_jax.model._params import ParameterError
 
 REPO = Path(__file__).resolve().parent.parent
 SYN = REPO / "data" / "synthetic"
@@ -179,7 +179,7 @@ def test_long_record_twin_has_gaps_irregular_sampling_and_an_exact_forcing(tmp_p
     of the others in the twin's forcing (so a calibration that fills missing rainfall with the
     observed mean sees the twin's own forcing), only cover and rainfall columns, labelled
     synthetic; it reads back through the CSV loader."""
-    from regv1_jax._synthetic import long_record_twin
+    from regv1_jax.fit._synthetic import long_record_twin
 
     frame, meta = long_record_twin()
     cover = meta["sampling"]["cover_years"]

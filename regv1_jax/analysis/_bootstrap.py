@@ -44,13 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
-from .._calibrate import CalibrationConfig, _stack
-from .._forcing import Forcing
-from .._model import LAYER_DEPTHS_M, SOM_PER_C
-from .._objective import TARGET_VARIABLES, Targets, data_residuals, simulated
-from .._params import Params, ParamSpace
-from .._solve import simulate
-from .._staged import AT_BOUND_U, CODES, fit_staged, settings_of, staged_problem
+from ..fit._config import CalibrationConfig, _stack
+from ..fit._objective import TARGET_VARIABLES, Targets, data_residuals, simulated
+from ..fit._staged import AT_BOUND_U, CODES, fit_staged, settings_of, staged_problem
+from ..model._field import LAYER_DEPTHS_M, SOM_PER_C
+from ..model._forcing import Forcing
+from ..model._params import Params, ParamSpace
+from ..solve._simulate import simulate
 from ._evaluate import ChunkStore, Evaluation, map_chunks, no_planting
 from ._qoi import _masked_mean
 

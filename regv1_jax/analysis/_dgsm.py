@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._forcing import Forcing
-from .._params import Params, ParamSpec
-from .._solve import simulate
+from ..model._forcing import Forcing
+from ..model._params import Params, ParamSpec
+from ..solve._simulate import simulate
 from ._evaluate import no_planting
 from ._qoi import QoI
 from ._sobol import scale_width, unit_to_params

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._ensemble import simulate_ensemble
-from .._forcing import Forcing
-from .._params import Params
+from ..model._forcing import Forcing
+from ..model._params import Params
+from ..solve._ensemble import simulate_ensemble
 from ._qoi import QoI
 
 __all__ = ["ChunkStore", "Evaluation", "map_chunks", "qoi_fn", "evaluate", "QOI_NONFINITE",

@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fit import (
+from ..fit._site import (
     CORR_FLAG,
     column_vif,
     correlated_pairs,
     information_eigen,
     local_identifiability,
 )
-from .._params import ParamSpace
-from .._report import _num
+from ..model._params import ParamSpace
+from ..report._calibration import _num
 
 __all__ = ["VIF_FLAG", "Identifiability", "identify_data", "identify_sample",
            "read_replicates", "write_identify", "report_fragment"]

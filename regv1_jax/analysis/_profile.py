@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._calibrate import (
+from ..fit._config import (
     CalibrationConfig,
     _levenberg_marquardt,
     _residuals,
@@ -41,10 +41,10 @@ from .._calibrate import (
     _stack,
     _unstack,
 )
-from .._forcing import Forcing
-from .._objective import TARGET_VARIABLES, Targets
-from .._params import Params, ParamSpace
-from .._staged import AT_BOUND_U
+from ..fit._objective import TARGET_VARIABLES, Targets
+from ..fit._staged import AT_BOUND_U
+from ..model._forcing import Forcing
+from ..model._params import Params, ParamSpace
 
 __all__ = ["CHI2_95", "POINT_STATUS", "DEFAULT_PROFILED", "Profile", "ProfileSetup",
            "profile", "lr_interval", "point_residual_fn", "profile_grid",
@@ -428,7 +428,7 @@ def point_residual_fn(setup: ProfileSetup, name: str, value: float,
 def setup_from_calibration(cal) -> ProfileSetup:
     """The :class:`ProfileSetup` of a finished ``calibrate_site`` (its estimate, training
     targets, calibrated set and whether its objective held the event constraints)."""
-    from .._fit import fitted_names, training_targets
+    from ..fit._site import fitted_names, training_targets
 
     run = [(st, res) for st, res in zip(cal.config.stages, cal.stages) if res.skipped is None]
     free = fitted_names(cal.stages)
@@ -497,7 +497,7 @@ def write_profile(profiles, folder, settings: dict, title: str = "") -> list[str
 
     import pandas as pd
 
-    from .._report import _num
+    from ..report._calibration import _num
 
     folder = Path(folder)
     rows = []

@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._forcing import Forcing
+from ..model._forcing import Forcing
+from ..model._params import FreeSet, Params, ParamSpace
+from ..solve._simulate import simulate
 from ._objective import (
     SEED_EVENTS,
     TARGET_VARIABLES,
@@ -30,8 +32,6 @@ from ._objective import (
     data_residuals,
     event_residuals,
 )
-from ._params import FreeSet, Params, ParamSpace
-from ._solve import simulate
 
 __all__ = ["Stage", "SEED_STAGES", "CalibrationConfig", "CalibrationError", "StageResult",
            "STAGE_STATUS", "run_stage", "calibrate_stages", "load_config", "residual_fn"]

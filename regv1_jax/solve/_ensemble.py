@@ -6,7 +6,7 @@ The default call picks the fast configuration by itself:
   eight per octave (at most 12.5% padding), so that a study whose batch sizes vary
   compiles a handful of shapes, not one per size.
 * **Kernel (CPU).** On a CPU device the whole solve runs in a C++ kernel generated from
-  ``initial_terms``, ``drivers``, ``rate_terms`` and ``observe_year`` (``_kernel.py``): one
+  ``initial_terms``, ``drivers``, ``rate_terms`` and ``observe_year`` (``kernel/``): one
   pass over a block of members per right-hand-side evaluation, parameter- and driver-only
   terms hoisted, annual outputs computed in the kernel and written in their final layout
   (NaN for a member whose state did not stay finite), OpenMP threads over blocks on every
@@ -37,11 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from . import _kernel
-from ._forcing import Forcing
-from ._model import N_LAG_DEFAULT, Layout, driver_series
-from ._params import Params
-from ._solve import NONFINITE, OK, Simulation, _solve_rk4, observe, simulate, with_forcing
+from ..model._field import N_LAG_DEFAULT, Layout, driver_series
+from ..model._forcing import Forcing
+from ..model._params import Params
+from . import kernel as _kernel
+from ._simulate import NONFINITE, OK, Simulation, _solve_rk4, observe, simulate, with_forcing
 
 __all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "loop_body_fusions",
            "SMALL_BATCH"]

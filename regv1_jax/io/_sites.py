@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data import DataError, Observations, load_site, load_sites_registry
-from ._forcing import Forcing, grain_for_green, make_forcing
-from ._paths import data_dir, data_path
+from .._paths import data_dir, data_path
+from ..model._forcing import Forcing, grain_for_green, make_forcing
+from ._observations import DataError, Observations, load_site, load_sites_registry
 
 __all__ = ["Site", "get_site", "site_forcing", "read_forcing_csv", "FORCING_RULE"]
 

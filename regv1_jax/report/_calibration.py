@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._calibrate import STAGE_STATUS, describe
-from ._fit import CORR_FLAG, SEED_CRITERIA, SiteCalibration
-from ._objective import TARGET_VARIABLES, simulated
-from ._params import PARAM_NAMES, SEED_PARAM_NAMES
+from ..fit._config import STAGE_STATUS, describe
+from ..fit._objective import TARGET_VARIABLES, simulated
+from ..fit._site import CORR_FLAG, SEED_CRITERIA, SiteCalibration
+from ..model._params import PARAM_NAMES, SEED_PARAM_NAMES
 
 __all__ = ["write_outputs", "report_html", "optimizer_text", "METRIC_DEFINITIONS",
            "VARIABLE_LABELS"]
@@ -202,7 +202,7 @@ def fit_table(cal: SiteCalibration, boot=None) -> pd.DataFrame:
 def _fit_figure(cal: SiteCalibration, path: Path, boot=None):
     """Observed vs calibrated per variable (prior dashed, holdout shaded); with a bootstrap
     the 95% band of the simulated series over the used replicates."""
-    from ._plots import _figure
+    from ._figures import _figure
 
     obs, sim = cal.observations, cal.sim
     years = np.asarray(sim.years)
@@ -504,14 +504,14 @@ def write_outputs(cal: SiteCalibration, out: str | Path, bootstrap=None,
 
 # --- block bootstrap (regv1 bootstrap, calibrate --uncertainty) ------------------------------
 def _units(cal: SiteCalibration, name: str) -> str:
-    from .analysis._bootstrap import DERIVED
+    from ..analysis._bootstrap import DERIVED
 
     return DERIVED[name][0] if name in DERIVED else cal.space.spec(name).units
 
 
 def bootstrap_settings(boot) -> dict:
     """How the bootstrap ran (params.json ``_meta.bootstrap`` and bootstrap.json)."""
-    from .analysis._bootstrap import REPLICATE_STATUS
+    from ..analysis._bootstrap import REPLICATE_STATUS
 
     return {
         "B": boot.B, "scheme": boot.scheme, "block_length_years": boot.block_length,
@@ -536,7 +536,7 @@ def bootstrap_settings(boot) -> dict:
 
 def bootstrap_summary(cal: SiteCalibration, boot) -> dict:
     """bootstrap.json: settings and, per quantity, the point value and the intervals."""
-    from .analysis._bootstrap import DERIVED
+    from ..analysis._bootstrap import DERIVED
 
     local = (cal.identifiability or {}).get("CI_95", {})
     out = {"site": cal.site, "region": cal.region, **bootstrap_settings(boot),

@@ -49,7 +49,7 @@ import equinox as eqx
 import numpy as np
 import pandas as pd
 
-from ._paths import data_dir, data_path
+from .._paths import data_dir, data_path
 
 __all__ = [
     "DEPTHS",

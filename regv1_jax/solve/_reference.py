@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._forcing import Forcing
-from ._model import N_LAG_DEFAULT, Layout, initial_state, vector_field_numpy, year_drivers
-from ._params import Params
+from ..model._field import N_LAG_DEFAULT, Layout, initial_state, vector_field_numpy, year_drivers
+from ..model._forcing import Forcing
+from ..model._params import Params
 
 __all__ = ["solve_scipy", "solve_scipy_grid", "OUTPUT_KEYS"]
 
@@ -118,7 +118,7 @@ def solve_scipy(
     the values come from :func:`regv1_jax._solve.observe` applied to the half-year grid
     of :func:`solve_scipy_grid`, so that the observation operators have one source of truth.
     """
-    from ._solve import OK, observe
+    from ._simulate import OK, observe
 
     ys = solve_scipy_grid(params, forcing, method=method, rtol=rtol, atol=atol, n_lag=n_lag,
                           **solve_ivp_kwargs)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._paths import data_path
+from .._paths import data_path
 
 __all__ = [
     "PARAM_NAMES",

@@ -41,10 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._data import DEPTHS, OBSERVED
-from ._forcing import Forcing, grain_for_green, make_forcing
-from ._params import PARAM_NAMES, ParameterError, Params, load_param_space
-from ._solve import STATUS_MESSAGES, simulate
+from ..io._observations import DEPTHS, OBSERVED
+from ..model._forcing import Forcing, grain_for_green, make_forcing
+from ..model._params import PARAM_NAMES, ParameterError, Params, load_param_space
+from ..solve._simulate import STATUS_MESSAGES, simulate
 
 __all__ = [
     "COLUMNS",

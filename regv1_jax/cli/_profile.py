@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .cli import (
+from ._main import (
     CACHE_HELP,
     check_years,
     cli_errors,
@@ -59,8 +59,8 @@ def _common(f):
 
 def _read_calibration(folder: str, space, site: str) -> dict:
     """The estimate, calibrated set and holdout of a ``regv1 calibrate`` folder."""
-    from ._calibrate import CalibrationError
-    from ._params import PARAM_NAMES
+    from ..fit._config import CalibrationError
+    from ..model._params import PARAM_NAMES
 
     path = Path(folder) / "params.json"
     if not path.exists():
@@ -98,7 +98,7 @@ def _read_calibration(folder: str, space, site: str) -> dict:
 def _inputs(site, data, region, from_cal, config_file, start, end, holdout):
     """Checked inputs (before any compilation): ``calibrate``'s (``calibration_inputs``)
     and the earlier calibration folder, if any."""
-    from .cli import calibration_inputs
+    from ._main import calibration_inputs
 
     check_years(start, end, min_years=2)
     cfg, s, space, _, _, y0, y1 = calibration_inputs(
@@ -112,9 +112,9 @@ def _point_fit(cfg, s, space, y0, y1, calib, t0):
     """The :class:`ProfileSetup` of the point fit (calibrating first unless ``calib``)."""
     import jax.numpy as jnp
 
-    from ._fit import calibrate_site, resolve_holdout, training_targets
-    from ._sites import site_forcing
-    from .analysis import ProfileSetup, setup_from_calibration
+    from ..analysis import ProfileSetup, setup_from_calibration
+    from ..fit._site import calibrate_site, resolve_holdout, training_targets
+    from ..io._sites import site_forcing
 
     forcing = site_forcing(s, y0, y1)
     prior = space.prior_values(jnp.float64)
@@ -163,7 +163,7 @@ def profile_cmd(site, data, region, from_cal, config_file, start, end, holdout, 
     likelihood-ratio intervals (deviance 2 (L - L_min) / max(1, chi2/dof) <= 3.84).
 
     Writes profile.csv, profile.json, profile.png and manifest.json into OUT."""
-    from .analysis import DEFAULT_PROFILED
+    from ..analysis import DEFAULT_PROFILED
 
     cfg, s, space, y0, y1, calib = _inputs(site, data, region, from_cal, config_file, start,
                                            end, holdout)
@@ -174,8 +174,8 @@ def profile_cmd(site, data, region, from_cal, config_file, start, end, holdout, 
         if len(set(names)) != len(names):
             raise ValueError(f"--param names a parameter twice: {list(params)}")
     out_path = prepare_out_dir(out, force)
-    from .analysis import profile
-    from .analysis._profile import PROFILE_LM_STEPS, write_profile
+    from ..analysis import profile
+    from ..analysis._profile import PROFILE_LM_STEPS, write_profile
 
     t0 = time.time()
     with compute_context("float64", no_cache), cli_errors():
@@ -227,7 +227,7 @@ def identify_cmd(site, data, region, from_cal, config_file, start, end, holdout,
 
     Writes correlation.csv, vif.csv, sloppy.csv, identify.json, correlation.png and
     manifest.json into OUT."""
-    from .analysis import identify_data, identify_sample, read_replicates, write_identify
+    from ..analysis import identify_data, identify_sample, read_replicates, write_identify
 
     cfg, s, space, y0, y1, calib = _inputs(site, data, region, from_cal, config_file, start,
                                            end, holdout)

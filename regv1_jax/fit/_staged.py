@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ._calibrate import (
+from ..model._forcing import Forcing
+from ..model._params import Params, ParamSpace
+from ._config import (
     MAX_FREE,
     CalibrationConfig,
     CalibrationError,
@@ -35,9 +37,7 @@ from ._calibrate import (
     _stack,
     _unstack,
 )
-from ._forcing import Forcing
 from ._objective import TARGET_VARIABLES, Targets
-from ._params import Params, ParamSpace
 
 __all__ = ["FitResult", "StageCode", "StagedProblem", "staged_problem", "fit_staged"]
 

@@ -25,18 +25,10 @@ from pathlib import Path
 
 import click
 
-from ._checks import observation_warnings, params_file_warnings, year_range_warnings
-from ._cli_bootstrap import (
-    bootstrap,
-    bootstrap_options,
-    check_bootstrap_options,
-    finish_site_bootstrap,
-    run_site_bootstrap,
-    site_profiles_and_identifiability,
-    write_profiles_and_identifiability,
-)
-from ._data import DataError
-from ._outputs import (
+from ..io._checks import observation_warnings, params_file_warnings, year_range_warnings
+from ..io._observations import DataError
+from ..model._params import ParameterError
+from ..report._outputs import (
     OutputError,
     atomic_files,
     atomic_out_dir,
@@ -45,7 +37,15 @@ from ._outputs import (
     manifest,
     os_error_message,
 )
-from ._params import ParameterError
+from ._bootstrap import (
+    bootstrap,
+    bootstrap_options,
+    check_bootstrap_options,
+    finish_site_bootstrap,
+    run_site_bootstrap,
+    site_profiles_and_identifiability,
+    write_profiles_and_identifiability,
+)
 
 SIM_COLUMNS = (
     "year", "V", "veg_cover_%", "SOM_%", "SOM_0-10_%", "SOM_10-20_%", "SOM_20-40_%",
@@ -64,7 +64,7 @@ CACHE_HELP = (
 
 # --- shared helpers (reused by every command) ----------------------------------------------
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ._calibrate import CalibrationError
+    from ..fit._config import CalibrationError
 
     return (DataError, ParameterError, CalibrationError, OutputError, ValueError)
 
@@ -98,7 +98,7 @@ def _read_forcing(path):
     """``--forcing``: the per-year forcing table (None without the option)."""
     if not path:
         return None
-    from ._sites import read_forcing_csv
+    from ..io._sites import read_forcing_csv
 
     return read_forcing_csv(path)
 
@@ -127,7 +127,7 @@ def _override(space, params_file):
     CI_95 (inside the physical bounds) is accepted with a warning."""
     import warnings
 
-    from ._params import ParameterWarning
+    from ..model._params import ParameterWarning
 
     if not params_file:
         return space.prior_values()
@@ -206,7 +206,7 @@ def compute_context(dtype: str, no_cache: bool = False) -> Iterator[object]:
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from ._compile_cache import cache_dir, cache_disabled, cacheable_traces, enable_cache
+    from ._cache import cache_dir, cache_disabled, cacheable_traces, enable_cache
 
     folder = enable_cache(disabled=no_cache)
     if folder is None and not (no_cache or cache_disabled()):
@@ -243,8 +243,8 @@ def simulation_table(sim):
 
 def _load_site(site: str, data: str | None, region: str | None):
     """The site and its region's parameter space, with the data's plausibility warnings."""
-    from ._params import load_param_space
-    from ._sites import get_site
+    from ..io._sites import get_site
+    from ..model._params import load_param_space
 
     s = get_site(site, data=data, region=region)
     space = load_param_space(s.region)
@@ -271,8 +271,8 @@ def sites():
 
     Names work with --site of simulate and calibrate; the files are read from the
     installed package's data folder."""
-    from ._paths import data_dir
-    from ._sites import _registry
+    from .._paths import data_dir
+    from ..io._sites import _registry
 
     with cli_errors():
         reg = _registry()
@@ -340,8 +340,8 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
     if dry_run:
         click.echo("inputs ok (dry run): nothing computed, nothing written")
         return
-    from . import _solve
-    from ._sites import site_forcing
+    from ..io._sites import site_forcing
+    from ..solve import _simulate as _solve
 
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
         # A one-year run solves two years and keeps the first: the solver needs a forcing
@@ -358,7 +358,7 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
     with cli_errors(), atomic_files(targets) as tmps:
         table.to_csv(tmps[0], index=False, float_format="%.6g")
         if plot_path is not None:
-            from ._plots import plot_simulation
+            from ..report._figures import plot_simulation
 
             src = s.data_file.name if s.data_file is not None else ""
             plot_simulation(table, s.observations, tmps[1],
@@ -379,7 +379,7 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
 def _show_config(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from ._calibrate import CONFIG_KEYS, config_document
+    from ..fit._config import CONFIG_KEYS, config_document
 
     click.echo("# --config FILE.json: a JSON object with any of these keys (absent keys keep "
                "the defaults below)")
@@ -390,7 +390,7 @@ def _show_config(ctx, _param, value):
 
 
 def _config_help() -> str:
-    from ._calibrate import CONFIG_KEYS
+    from ..fit._config import CONFIG_KEYS
 
     return ("JSON calibration config with any of the keys " + ", ".join(CONFIG_KEYS)
             + " (--show-config prints the defaults and what each key means).")
@@ -456,9 +456,9 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
     if dry_run:
         click.echo("inputs ok (dry run): nothing computed, nothing written")
         return
-    from ._fit import calibrate_site
-    from ._report import write_outputs
-    from ._sites import site_forcing
+    from ..fit._site import calibrate_site
+    from ..io._sites import site_forcing
+    from ..report._calibration import write_outputs
 
     t0 = time.time()
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
@@ -473,7 +473,7 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
                     if uncertainty else None)
         profs, idents = (site_profiles_and_identifiability(cal, boot_res, t0)
                          if uncertainty else (None, None))
-    from ._paths import data_path
+    from .._paths import data_path
 
     inputs = {"data": s.data_file, "config": config_file, "forcing": forcing_file}
     with contextlib.suppress(FileNotFoundError):
@@ -492,7 +492,7 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
                + ", ".join(sorted(Path(f).name for f in files.values()) + sub)
                + ", manifest.json")
     if profs:
-        from ._cli_profile import echo_profiles
+        from ._profile import echo_profiles
 
         echo_profiles(profs)
     for k, v in cal.criteria.items():
@@ -507,7 +507,7 @@ def calibration_inputs(site, data, region, config_file, start, end, n_starts, me
     import dataclasses
 
     with cli_errors():
-        from ._calibrate import CalibrationConfig, load_config
+        from ..fit._config import CalibrationConfig, load_config
 
         cfg = load_config(config_file) if config_file else CalibrationConfig()
         kw = {k: v for k, v in (("n_starts", n_starts), ("method", method), ("seed", seed))
@@ -520,7 +520,7 @@ def calibration_inputs(site, data, region, config_file, start, end, n_starts, me
             raise DataError(f"site {site!r} has no bundled data: pass --data FILE.csv")
         for st in cfg.stages:
             st.check(space)
-        from ._data import convert_gauge
+        from ..io._observations import convert_gauge
 
         area = area_km2 if area_km2 is not None else s.area_km2
         obs = convert_gauge(s.observations, area)
@@ -591,15 +591,15 @@ def equilibria(region, map_mm, sweep, params_file, intensity, planting, out, for
                                  param_hint="--sweep") from None
     out_path = prepare_out_dir(out, force)
     with cli_errors():
-        from ._params import load_param_space
+        from ..model._params import load_param_space
 
         space = load_param_space(region)
         if params_file:
             for w in params_file_warnings(params_file, region):
                 warn(w)
         params = _override(space, params_file)
-    from ._equilibria import Climate, bifurcation
-    from ._equilibria import equilibria as find_equilibria
+    from ..model._equilibria import Climate, bifurcation
+    from ..model._equilibria import equilibria as find_equilibria
 
     rain = np.linspace(lo, hi, n)
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
@@ -646,7 +646,7 @@ def equilibria(region, map_mm, sweep, params_file, intensity, planting, out, for
                 for v, s_, t, ev, st in zip(*(np.asarray(a)[ok] for a in (
                     at.V, at.SOM, at.theta, at.max_real_eig, at.stable)))]}
     doc = command_manifest({"params": params_file}, dtype=dtype, region=region)
-    from ._plots import plot_bifurcation
+    from ..report._figures import plot_bifurcation
 
     with out_dir_writer(out_path, doc) as tmp:
         rows[rows["valid"]].drop(columns="valid").to_csv(
@@ -667,7 +667,7 @@ def equilibria(region, map_mm, sweep, params_file, intensity, planting, out, for
 
 def _default_site(region: str) -> str:
     """The first registry site of ``region`` (the forcing of a region-only Sobol' study)."""
-    from ._sites import _registry
+    from ..io._sites import _registry
 
     for name, entry in _registry().items():
         if entry.get("region") == region:
@@ -736,9 +736,9 @@ def sobol(region, site, qoi, params_subset, n_base, second_order, dgsm_n, seed, 
         raise click.UsageError("give --region or --site")
     out_path = prepare_out_dir(out, force)
     with cli_errors():
-        from ._params import load_param_space
-        from ._sites import get_site
-        from .analysis import DEFAULT_SUBSET, QoIContext, make_qoi
+        from ..analysis import DEFAULT_SUBSET, QoIContext, make_qoi
+        from ..io._sites import get_site
+        from ..model._params import load_param_space
 
         if region is not None:
             load_param_space(region)  # an unknown region is named before the site
@@ -763,9 +763,9 @@ def sobol(region, site, qoi, params_subset, n_base, second_order, dgsm_n, seed, 
             raise ValueError(f"--dgsm needs a QoI of the simulation; {q.name} has none")
     import jax
 
-    from ._sites import site_forcing
-    from .analysis import sobol_study
-    from .analysis._report import write_sobol
+    from ..analysis import sobol_study
+    from ..io._sites import site_forcing
+    from ..report._sobol import write_sobol
 
     chunks_dir = Path(str(out_path) + ".chunks")
     if not resume and chunks_dir.exists():
@@ -811,7 +811,7 @@ bootstrap.epilog = CACHE_HELP
 main.add_command(bootstrap)
 
 # regv1 profile, regv1 identify (issue 11): bodies in _cli_profile.py.
-from ._cli_profile import register as _register_profile  # noqa: E402
+from ._profile import register as _register_profile  # noqa: E402
 
 _register_profile(main)
 

@@ -10,7 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._calibrate import (
+from ..io._observations import Observations
+from ..model._forcing import Forcing
+from ..model._params import Params, ParamSpace
+from ..solve._simulate import Simulation, simulate
+from ._config import (
     SOM_VARS,
     CalibrationConfig,
     CalibrationError,
@@ -18,8 +22,6 @@ from ._calibrate import (
     StageResult,
     calibrate_stages,
 )
-from ._data import Observations
-from ._forcing import Forcing
 from ._objective import (
     TARGET_VARIABLES,
     Targets,
@@ -28,8 +30,6 @@ from ._objective import (
     make_targets,
     simulated,
 )
-from ._params import Params, ParamSpace
-from ._solve import Simulation, simulate
 
 __all__ = ["fit_metrics", "local_identifiability", "regional_magnitudes", "SiteCalibration",
            "calibrate_site", "SEED_CRITERIA", "REGION_AREAS_KM2", "CORR_FLAG",
@@ -302,7 +302,7 @@ def correlated_pairs(names, corr, threshold: float | None = None) -> list[dict]:
 
 def _annual_soc_change(sim: Simulation, params: Params) -> np.ndarray:
     """Change of the 0-40 cm SOC stock between mid-years, kg C m^-2 yr^-1."""
-    from ._model import LAYER_DEPTHS_M, SOM_PER_C
+    from ..model._field import LAYER_DEPTHS_M, SOM_PER_C
 
     d = np.asarray(LAYER_DEPTHS_M)
     C = np.asarray(sim.SOM_layers) * float(params.rho_b) * d / SOM_PER_C
@@ -327,7 +327,7 @@ def regional_magnitudes(params: Params, forcing: Forcing, region: str,
     if planting_start is None or not (years[0] < planting_start <= years[-1]):
         out["note"] = "no planting start inside the simulated years: scenario targets skipped"
         return out
-    from ._forcing import make_forcing
+    from ..model._forcing import make_forcing
 
     off = simulate(params, make_forcing(forcing.start, forcing.end, forcing.rainfall,
                                         forcing.intensity, 0.0, forcing.psi_eng), method=method)
@@ -373,7 +373,7 @@ def regional_magnitudes(params: Params, forcing: Forcing, region: str,
 
 def _bucket_timescale(params: Params, sim: Simulation, forcing: Forcing) -> dict:
     """3 e-folding times of the soil-water bucket, linearised at the final year's state."""
-    from ._model import Layout, rates, year_drivers
+    from ..model._field import Layout, rates, year_drivers
 
     layout = Layout()
     # A state with the final year's V, theta and SOM; derivative of dtheta/dt in theta.

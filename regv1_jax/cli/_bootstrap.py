@@ -62,8 +62,8 @@ def site_bootstrap(cal, **kw):
     """The block bootstrap of a :class:`SiteCalibration`: its training targets (spreads
     from the training cells, holdout masked, as ``calibrate_site``), its fitted
     parameters, its config (``bootstrap_study`` keywords in ``kw``)."""
-    from ._fit import fitted_names, training_targets
-    from .analysis._bootstrap import bootstrap_study
+    from ..analysis._bootstrap import bootstrap_study
+    from ..fit._site import fitted_names, training_targets
 
     targets = training_targets(cal.observations, cal.forcing, cal.holdout_years,
                                cal.params.dtype)
@@ -109,8 +109,8 @@ def site_profiles_and_identifiability(cal, boot_res, t0: float):
 
     import numpy as np
 
-    from .analysis import DEFAULT_PROFILED, identify_data, identify_sample, profile
-    from .analysis._profile import setup_from_calibration
+    from ..analysis import DEFAULT_PROFILED, identify_data, identify_sample, profile
+    from ..analysis._profile import setup_from_calibration
 
     setup = setup_from_calibration(cal)
     profs = None
@@ -135,10 +135,10 @@ def site_profiles_and_identifiability(cal, boot_res, t0: float):
 def write_profiles_and_identifiability(profs, idents, folder: Path, site: str) -> list[str]:
     """``profile/`` and ``identify/`` subfolders of a calibrate output (the files of
     ``regv1 profile`` and ``regv1 identify``); returns the report sections (markdown)."""
-    from .analysis._identify import report_fragment as identify_fragment
-    from .analysis._identify import write_identify
-    from .analysis._profile import report_fragment as profile_fragment
-    from .analysis._profile import write_profile
+    from ..analysis._identify import report_fragment as identify_fragment
+    from ..analysis._identify import write_identify
+    from ..analysis._profile import report_fragment as profile_fragment
+    from ..analysis._profile import write_profile
 
     sections = []
     if profs:
@@ -188,7 +188,7 @@ def bootstrap(site, data, region, config_file, start, end, holdout, out, force, 
     docs/methods.md, "Block bootstrap")."""
     import time
 
-    from .cli import (
+    from ._main import (
         calibration_inputs,
         check_years,
         cli_errors,
@@ -203,9 +203,9 @@ def bootstrap(site, data, region, config_file, start, end, holdout, out, force, 
     out_path = prepare_out_dir(out, force)
     cfg, s, space, obs, ftable, y0, y1 = calibration_inputs(
         site, data, region, config_file, start, end, None, None, None, holdout, None, None)
-    from ._fit import calibrate_site
-    from ._report import write_bootstrap
-    from ._sites import site_forcing
+    from ..fit._site import calibrate_site
+    from ..io._sites import site_forcing
+    from ..report._calibration import write_bootstrap
 
     t0 = time.time()
     with compute_context(dtype, no_cache) as jdtype, cli_errors():

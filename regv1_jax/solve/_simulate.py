@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._forcing import Forcing
-from ._model import (
+from ..model._field import (
     LAYER_DEPTHS_M,
     N_LAG_DEFAULT,
     Layout,
@@ -36,7 +35,8 @@ from ._model import (
     vector_field,
     year_drivers,
 )
-from ._params import Params
+from ..model._forcing import Forcing
+from ..model._params import Params
 
 __all__ = ["simulate", "solve_grid", "Simulation", "STATUS_MESSAGES",
            "METHODS", "OBSERVED", "FIELDS", "observe_year", "assemble", "with_forcing"]

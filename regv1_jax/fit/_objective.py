@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from ._data import OBSERVED, Observations
-from ._forcing import Forcing
-from ._model import infiltration_cover
-from ._params import Params
-from ._solve import Simulation
+from ..io._observations import OBSERVED, Observations
+from ..model._field import infiltration_cover
+from ..model._forcing import Forcing
+from ..model._params import Params
+from ..solve._simulate import Simulation
 
 __all__ = ["TARGET_VARIABLES", "DEFAULT_SPREADS", "Targets", "make_targets", "simulated",
            "data_residuals", "EventConstraints", "SEED_EVENTS", "event_residuals",

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
-from ._model import (
+from ._field import (
     N_LAG_DEFAULT,
     Drivers,
     Layout,

@@ -69,9 +69,8 @@ def speed(args, result):
     from bench_calibrate import NumpyObjective, build_problem
     from scipy.optimize import least_squares
 
-    from regv1_jax.analysis._bootstrap import bootstrap_study, year_weights
-    from regv1_jax.fit._config import SEED_STAGES, CalibrationConfig, calibrate_stages
-    from regv1_jax.fit._objective import TARGET_VARIABLES
+    from regv1_jax.analysis import bootstrap_study, year_weights
+    from regv1_jax.fit import SEED_STAGES, TARGET_VARIABLES, CalibrationConfig, calibrate_stages
 
     space, p0, forcing, train = build_problem()
     cfg = CalibrationConfig(stages=SEED_STAGES[:2], n_starts=4, method="rk4",
@@ -143,12 +142,19 @@ def coverage(args, result):
     import numpy as np
 
     import regv1_jax as r
-    from regv1_jax.analysis._bootstrap import bootstrap_study
-    from regv1_jax.fit._config import SEED_STAGES, CalibrationConfig
-    from regv1_jax.fit._objective import make_targets
-    from regv1_jax.fit._staged import fit_staged, settings_of, staged_problem
-    from regv1_jax.fit._synthetic import make_twin, twin_forcing, write_twin
-    from regv1_jax.io._observations import load_site
+    from regv1_jax.analysis import bootstrap_study
+    from regv1_jax.fit import (
+        SEED_STAGES,
+        CalibrationConfig,
+        fit_staged,
+        make_targets,
+        make_twin,
+        settings_of,
+        staged_problem,
+        twin_forcing,
+        write_twin,
+    )
+    from regv1_jax.io import load_site
 
     K, start, end, ps = args.coverage, 1990, 2019, 1999
     rain = 420 + 60 * np.sin(np.arange(start, end + 1) * 1.7)

@@ -98,8 +98,8 @@ def build_problem():
     import jax.numpy as jnp
 
     import regv1_jax as r
-    from regv1_jax.fit._objective import make_targets
-    from regv1_jax.io._observations import load_site
+    from regv1_jax.fit import make_targets
+    from regv1_jax.io import load_site
 
     space = r.load_param_space(REGION)
     p0 = space.prior_values(jnp.float64)
@@ -124,9 +124,8 @@ class NumpyObjective:
 
     def __init__(self, space, forcing, targets, cfg, method="RK45", rtol=1e-6, atol=1e-6):
 
-        from regv1_jax.fit._objective import TARGET_VARIABLES
-        from regv1_jax.model._field import Layout
-        from regv1_jax.model._params import PARAM_NAMES
+        from regv1_jax.fit import TARGET_VARIABLES
+        from regv1_jax.model import PARAM_NAMES, Layout
 
         self.space = space
         self.specs = {s.name: s for s in space.specs}
@@ -178,7 +177,7 @@ class NumpyObjective:
         """Annual outputs of one numpy solve; None when solve_ivp fails."""
         from scipy.integrate import solve_ivp
 
-        from regv1_jax.model._field import (
+        from regv1_jax.model import (
             LAYER_DEPTHS_M,
             SOM_PER_C,
             initial_state,
@@ -288,7 +287,7 @@ def check_numpy_objective(space, p0, forcing, targets, cfg):
     import jax
     import jax.numpy as jnp
 
-    from regv1_jax.fit._config import SEED_STAGES, _stack
+    from regv1_jax.fit import SEED_STAGES, _stack
 
     out = {}
     ref = NumpyObjective(space, forcing, targets, cfg, method="DOP853", rtol=1e-10, atol=1e-12)
@@ -304,7 +303,7 @@ def check_numpy_objective(space, p0, forcing, targets, cfg):
     out["transform_max_abs_diff_unconstrained"] = float(np.max(np.abs(u_jax - u_np)))
     out["transform_max_rel_diff_constrained"] = float(np.max(np.abs(back_jax - back_np)
                                                              / np.abs(back_jax)))
-    from regv1_jax.fit._config import residual_fn
+    from regv1_jax.fit import residual_fn
 
     vals = {k: float(v) for k, v in p0.as_dict().items()}
     rows = []
@@ -378,7 +377,7 @@ def run_scipy(space, p0, forcing, targets, cfg, method, max_nfev, jax_stage_loss
 def run_jax_once(space, p0, forcing, targets, cfg):
     import jax
 
-    from regv1_jax.fit._config import calibrate_stages
+    from regv1_jax.fit import calibrate_stages
 
     marks = []
 
@@ -398,7 +397,7 @@ def run_jax_once(space, p0, forcing, targets, cfg):
 
 
 def run_jax(space, p0, forcing, targets, method, n_starts):
-    from regv1_jax.fit._config import CalibrationConfig
+    from regv1_jax.fit import CalibrationConfig
 
     cfg = CalibrationConfig(n_starts=n_starts, method=method)
     _, _, cold, cold_cpu, cold_stage = run_jax_once(space, p0, forcing, targets, cfg)
@@ -457,8 +456,8 @@ def profile_jax(space, p_warm, forcing, targets, methods):
     import jax
     import jax.numpy as jnp
 
-    from regv1_jax.fit._config import SEED_STAGES, CalibrationConfig, _mask_tree, _stack, _weights
-    from regv1_jax.model._field import Layout, initial_state, vector_field, year_drivers
+    from regv1_jax.fit import SEED_STAGES, CalibrationConfig, _mask_tree, _stack, _weights
+    from regv1_jax.model import Layout, initial_state, vector_field, year_drivers
 
     out = {}
     st = SEED_STAGES[-1]
@@ -601,7 +600,7 @@ def make_lm(space, forcing, targets, method):
     """
     import jax
 
-    from regv1_jax.fit._config import CalibrationConfig
+    from regv1_jax.fit import CalibrationConfig
 
     cfg = CalibrationConfig(method=method)
     adjoint = "checkpoint" if method == "rk4" else "forward"
@@ -623,7 +622,7 @@ def run_lm(space, p0, forcing, targets, method, K=12, max_evals=100, ftol=1e-8, 
     warm-starting like the JAX and scipy paths.  One ``jac_res`` call per trial point."""
     import jax.numpy as jnp
 
-    from regv1_jax.fit._config import SEED_STAGES, _mask_tree, _stack, _weights
+    from regv1_jax.fit import SEED_STAGES, _mask_tree, _stack, _weights
 
     if jac_res is None:
         jac_res, _ = make_lm(space, forcing, targets, method)
@@ -691,7 +690,7 @@ def run_lm(space, p0, forcing, targets, method, K=12, max_evals=100, ftol=1e-8, 
 def _unstack_np(space, u):
     import jax.numpy as jnp
 
-    from regv1_jax.model._params import Params
+    from regv1_jax.model import Params
 
     return Params(**{s.name: jnp.asarray(u[i]) for i, s in enumerate(space.specs)})
 
@@ -744,7 +743,7 @@ def run(args, save=None):
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
-    from regv1_jax.fit._config import CalibrationConfig
+    from regv1_jax.fit import CalibrationConfig
 
     starts = [int(s) for s in args.starts.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -829,7 +828,7 @@ def run(args, save=None):
         vals = {k: float(v) for k, v in p0.as_dict().items()}
         for s in ref1["stages"][:-1]:
             vals.update(s["values"])
-        from regv1_jax.model._params import Params
+        from regv1_jax.model import Params
 
         p_warm = Params.from_dict(vals, dtype=jnp.float64)
         result["profile"] = profile_jax(space, p_warm, forcing, targets, methods)

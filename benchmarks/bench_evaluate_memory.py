@@ -35,7 +35,7 @@ def main(argv=None):
 
     import regv1_jax as r
     from regv1_jax.analysis import QoIContext, evaluate, make_qoi
-    from regv1_jax.io._sites import get_site, site_forcing
+    from regv1_jax.io import get_site, site_forcing
 
     result = run_header()
     site = get_site("Yanhe-basin")

@@ -32,7 +32,7 @@ import optimistix as optx  # noqa: E402
 from _machine import run_header  # noqa: E402
 
 import regv1_jax as r  # noqa: E402
-from regv1_jax.fit._config import (  # noqa: E402
+from regv1_jax.fit import (  # noqa: E402
     MAX_FREE,
     SEED_STAGES,
     CalibrationConfig,
@@ -42,9 +42,9 @@ from regv1_jax.fit._config import (  # noqa: E402
     _Settings,
     _stack,
     _weights,
+    make_targets,  # noqa: E402
 )
-from regv1_jax.fit._objective import make_targets  # noqa: E402
-from regv1_jax.io._sites import get_site, site_forcing  # noqa: E402
+from regv1_jax.io import get_site, site_forcing  # noqa: E402
 
 
 def main():

@@ -68,7 +68,7 @@ def main(argv=None):
     from scipy.optimize import least_squares
 
     from regv1_jax.analysis import ProfileSetup, point_residual_fn, profile
-    from regv1_jax.fit._config import CalibrationConfig
+    from regv1_jax.fit import CalibrationConfig
 
     out = Path(args.out) if args.out else \
         HERE / "results" / f"profile_{socket.gethostname()}_{args.method}.json"

@@ -69,15 +69,17 @@ def main(argv=None):
     from SALib.sample import sobol as salib_sample
 
     import regv1_jax as r
-    from regv1_jax.analysis import QoIContext, make_qoi, sobol_study
-    from regv1_jax.analysis._sobol import (
+    from regv1_jax.analysis import (
+        QoIContext,
         block_size,
+        make_qoi,
         saltelli_base,
         saltelli_matrix,
+        sobol_study,
         unit_to_params,
     )
-    from regv1_jax.io._sites import get_site, site_forcing
-    from regv1_jax.model._field import Layout
+    from regv1_jax.io import get_site, site_forcing
+    from regv1_jax.model import Layout
 
     result = run_header()
     site = get_site("Yanhe-basin")

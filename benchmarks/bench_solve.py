@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _hlo  # noqa: E402
 from _machine import loadavg, run_header  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -85,7 +86,7 @@ def light_inputs(p_np, f_np):
     """
     from types import SimpleNamespace
 
-    from regv1_jax.model._params import PARAM_NAMES
+    from regv1_jax.model import PARAM_NAMES
 
     p = SimpleNamespace(**{k: float(getattr(p_np, k)) for k in PARAM_NAMES})
     f = SimpleNamespace(rainfall=f_np.rainfall, intensity=f_np.intensity,
@@ -99,7 +100,7 @@ def scipy_yearly_grid(p_np, f_np, layout, method, rtol, atol, stats=None):
     import numpy as np
     from scipy.integrate import solve_ivp
 
-    from regv1_jax.model._field import initial_state, vector_field_numpy, year_drivers
+    from regv1_jax.model import initial_state, vector_field_numpy, year_drivers
 
     y = np.asarray(initial_state(p_np, year_drivers(p_np, f_np), layout, xp=np),
                    dtype=np.float64)
@@ -199,7 +200,7 @@ def run(args):
     import peers
 
     import regv1_jax as r
-    from regv1_jax.model._field import Layout
+    from regv1_jax.model import Layout
     from regv1_jax.solve import _ensemble
 
     dtype = jnp.float32 if args.dtype == "float32" else jnp.float64
@@ -240,8 +241,8 @@ def run(args):
 
     target = _kernel.target(probe, layout, dtype)
     result["fusions_per_rhs_evaluation"] = dict(
-        xla_batch_last=_ensemble.loop_body_fusions(hlo) / (4 * S),  # body = one year
-        vmap_rk4=_ensemble.loop_body_fusions(vm_hlo) / 4,  # body = one RK4 step
+        xla_batch_last=_hlo.loop_body_fusions(hlo) / (4 * S),  # body = one year
+        vmap_rk4=_hlo.loop_body_fusions(vm_hlo) / 4,  # body = one RK4 step
         kernel="one pass over each block of members per evaluation (generated C++; the time "
                "loop is one XLA custom call)" if target else "kernel not available")
     print(f"  loop fusions per rhs evaluation: {result['fusions_per_rhs_evaluation']}",
@@ -339,7 +340,7 @@ def run(args):
         print(f"  diffrax_tsit5_vmap n={n}: {n / m:.0f} solves/s", flush=True)
 
     # ---- the scipy peer ------------------------------------------------------------------
-    from regv1_jax.model._field import initial_state, vector_field_numpy, year_drivers
+    from regv1_jax.model import initial_state, vector_field_numpy, year_drivers
 
     m = args.scipy_sample
     sample = space.sample_prior(jax.random.fold_in(key, 11), m, dtype=jnp.float64)

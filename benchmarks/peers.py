@@ -18,8 +18,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from regv1_jax.model._field import Drivers, Layout, drivers, initial_state, rate_terms, year_drivers
-from regv1_jax.model._params import PARAM_NAMES
+from regv1_jax.model import (
+    PARAM_NAMES,
+    Drivers,
+    Layout,
+    drivers,
+    initial_state,
+    rate_terms,
+    year_drivers,
+)
 
 
 def _numpy_params(params, dtype):

@@ -30,15 +30,15 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from regv1_jax.fit._synthetic import (  # noqa: E402
+from regv1_jax.fit import (  # noqa: E402
     DEFAULT_NOISE,
     SOLVER,
     make_twin,
     synthetic_rainfall,
     write_twin,
 )
-from regv1_jax.io._observations import read_observations  # noqa: E402
-from regv1_jax.model._forcing import grain_for_green  # noqa: E402
+from regv1_jax.io import read_observations  # noqa: E402
+from regv1_jax.model import grain_for_green  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SEED = 20261125

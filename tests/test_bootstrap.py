@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from regv1_jax.analysis import map_chunks
-from regv1_jax.analysis._bootstrap import (
+from regv1_jax.analysis import (
     bca_interval,
     bootstrap_intervals,
     jackknife_counts,
+    map_chunks,
     moving_block_indices,
     percentile_interval,
     politis_white,
@@ -26,7 +26,8 @@ from regv1_jax.analysis._bootstrap import (
     stationary_indices,
     year_weights,
 )
-from regv1_jax.fit._staged import CODES
+from regv1_jax.fit import STAGE_CODES
+from regv1_jax.status import code
 
 jax.config.update("jax_enable_x64", True)
 
@@ -119,18 +120,20 @@ def test_failed_replicates_are_excluded_and_counted():
     rng = np.random.default_rng(5)
     reps = rng.normal(size=(300, 1))
     status = np.zeros(300, np.int32)
-    status[:30] = 4  # failed: their (absurd) values must not move the interval
+    status[:30] = code("failed")  # their (absurd) values must not move the interval
     reps[:30] = 1e6
     codes = np.zeros((300, 2), int)
-    codes[30:40, 1] = CODES["skipped"]  # the resample dropped stage 2's data
-    codes[40:50, 0] = CODES["not_converged"]
-    status[40:50] = 1
+    codes[30:40, 1] = STAGE_CODES["skipped"]  # the resample dropped stage 2's data
+    codes[40:50, 0] = STAGE_CODES["not_converged"]
+    status[40:50] = code("not_converged")
     st = replicate_status(status, codes, np.array([0, 0]))
-    assert np.sum(st == 4) == 30 and np.sum(st == 3) == 10 and np.sum(st == 1) == 10
+    assert np.sum(st == code("failed")) == 30 and np.sum(st == code("newly_skipped")) == 10 \
+        and np.sum(st == code("not_converged")) == 10
     # A stage the point fit skipped too is no reason to drop a replicate.
-    st2 = replicate_status(status, codes, np.array([0, CODES["skipped"]]))
-    assert np.sum(st2 == 3) == 0
-    assert np.sum(replicate_status(status, codes, np.array([0, 0]), False) == 1) == 0
+    st2 = replicate_status(status, codes, np.array([0, STAGE_CODES["skipped"]]))
+    assert np.sum(st2 == code("newly_skipped")) == 0
+    assert np.sum(replicate_status(status, codes, np.array([0, 0]), False)
+                  == code("not_converged")) == 0
     out = bootstrap_intervals(np.zeros(1), reps, st == 0, reps[:20], np.ones(20, bool),
                               ["x"])
     assert out["x"]["n_used"] == 250 and out["x"]["point_inside_percentile"]
@@ -162,7 +165,7 @@ def test_map_chunks_keeps_columns_and_resumes(tmp_path):
 def test_cli_bad_bootstrap_input_is_one_line_before_computing(tmp_path):
     from click.testing import CliRunner
 
-    from regv1_jax.cli._main import main
+    from regv1_jax.cli import main
 
     for args in (["bootstrap", "--site", "Yanhe-basin", "--block-length", "0"],
                  ["calibrate", "--site", "Yanhe-basin", "--uncertainty", "--block-length",
@@ -182,9 +185,14 @@ RAIN = 420 + 60 * np.sin(np.arange(START, END + 1) * 1.7)
 
 def tiny_problem(tmp, noise_seed=3):
     import regv1_jax as r
-    from regv1_jax.fit._config import SEED_STAGES, CalibrationConfig
-    from regv1_jax.fit._objective import make_targets
-    from regv1_jax.fit._synthetic import make_twin, twin_forcing, write_twin
+    from regv1_jax.fit import (
+        SEED_STAGES,
+        CalibrationConfig,
+        make_targets,
+        make_twin,
+        twin_forcing,
+        write_twin,
+    )
 
     stages = (dataclasses.replace(SEED_STAGES[0], events=False),)
     cfg = CalibrationConfig(stages=stages, n_starts=1, lm_steps=15, prior_weight=0.0,
@@ -202,14 +210,14 @@ def tiny_problem(tmp, noise_seed=3):
 
 @pytest.mark.slow
 def test_bootstrap_study_tiny_twin(tmp_path):
-    from regv1_jax.analysis._bootstrap import bootstrap_study
+    from regv1_jax.analysis import bootstrap_study
 
     space, forcing, targets, cfg, _ = tiny_problem(tmp_path)
     p0 = space.prior_values(jnp.float64).replace(r_V=jnp.asarray(0.15))
     res = bootstrap_study(space, p0, forcing, targets, cfg, ["r_V", "K_V"], B=48, chunk=32,
                           planting_start=PS, block_length=2)
     assert res.replicates.shape == (48, 5) and res.series.shape[0] == 48
-    assert res.point_refit_codes == [CODES["ok"]]
+    assert res.point_refit_codes == [STAGE_CODES["ok"]]
     assert res.status_counts.get(0, 0) >= 40
     lo, hi = res.intervals["r_V"]["percentile"]
     assert lo < 0.15 < hi
@@ -226,7 +234,7 @@ def test_sharded_equals_unsharded(tmp_path):
     compiled batch is reused when both run)."""
     from helpers import run_on_cpu_devices
 
-    from regv1_jax.analysis._bootstrap import bootstrap_study
+    from regv1_jax.analysis import bootstrap_study
 
     space, forcing, targets, cfg, path = tiny_problem(tmp_path)
     p0 = space.prior_values(jnp.float64).replace(r_V=jnp.asarray(0.15))
@@ -239,8 +247,8 @@ sys.path.insert(0, "{Path(__file__).resolve().parent}")
 import numpy as np, jax.numpy as jnp
 from pathlib import Path
 from test_bootstrap import tiny_problem, PS
-from regv1_jax.cli._cache import enable_cache
-from regv1_jax.analysis._bootstrap import bootstrap_study
+from regv1_jax.cli import enable_cache
+from regv1_jax.analysis import bootstrap_study
 enable_cache()
 assert len(jax.devices()) == 4
 space, forcing, t, cfg, _ = tiny_problem(Path("{tmp_path}"))
@@ -263,7 +271,7 @@ print("SHARDED OK")
 def test_cli_bootstrap_end_to_end(tmp_path):
     from click.testing import CliRunner
 
-    from regv1_jax.cli._main import main
+    from regv1_jax.cli import main
 
     _, _, _, cfg, path = tiny_problem(tmp_path)
     conf = tmp_path / "cfg.json"

@@ -13,20 +13,24 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax.fit._config import (
+from regv1_jax.fit import (
+    DEFAULT_NOISE,
     SEED_STAGES,
     CalibrationConfig,
     CalibrationError,
     Stage,
+    calibrate_site,
     calibrate_stages,
+    fit_metrics,
     load_config,
+    make_targets,
+    make_twin,
     run_stage,
+    twin_forcing,
+    write_twin,
 )
-from regv1_jax.fit._objective import make_targets
-from regv1_jax.fit._site import calibrate_site, fit_metrics
-from regv1_jax.fit._synthetic import DEFAULT_NOISE, make_twin, twin_forcing, write_twin
-from regv1_jax.io._observations import load_site
-from regv1_jax.report._calibration import write_outputs
+from regv1_jax.io import load_site
+from regv1_jax.report import write_outputs
 
 START, END = 1995, 2010
 TRUTH = dict(r_V=0.10, K_V=0.72, a1=0.20, a2=0.040, lambda1=0.6, lambda2=0.06, eta1=6.0,
@@ -236,9 +240,9 @@ def test_site_calibration_writes_the_report(setup, tmp_path):
 
 
 def test_spd_solve_equals_numpy_and_rejects_an_indefinite_matrix():
-    """The LM step's Cholesky solve (jnp, no LAPACK call: see ``_spd_solve``) equals numpy's
+    """The LM step's Cholesky solve (jnp, no LAPACK call: see ``fit.spd_solve``) equals numpy's
     solve on damped normal matrices, also with an all-zero (padded) column, under vmap."""
-    from regv1_jax.fit._config import _spd_solve
+    from regv1_jax.fit import spd_solve
 
     rng = np.random.default_rng(0)
     Ms, bs = [], []
@@ -250,7 +254,7 @@ def test_spd_solve_equals_numpy_and_rejects_an_indefinite_matrix():
         d = np.where(np.diag(A) > 0, np.diag(A), 1.0)
         Ms.append(A + 1e-3 * np.diag(d))
         bs.append(rng.normal(size=12))
-    x = jax.vmap(_spd_solve)(jnp.asarray(np.stack(Ms)), jnp.asarray(np.stack(bs)))
+    x = jax.vmap(spd_solve)(jnp.asarray(np.stack(Ms)), jnp.asarray(np.stack(bs)))
     for M, b, xi in zip(Ms, bs, np.asarray(x)):
         np.testing.assert_allclose(xi, np.linalg.solve(M, b), rtol=1e-10, atol=1e-12)
-    assert np.all(np.isnan(np.asarray(_spd_solve(jnp.asarray(-Ms[0]), jnp.asarray(bs[0])))))
+    assert np.all(np.isnan(np.asarray(spd_solve(jnp.asarray(-Ms[0]), jnp.asarray(bs[0])))))

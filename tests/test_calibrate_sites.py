@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from regv1_jax.cli._main import main
-from regv1_jax.fit._synthetic import make_twin
+from regv1_jax.cli import main
+from regv1_jax.fit import make_twin
 
 START, END = 1995, 2015
 YEARS = np.arange(START, END + 1)
@@ -145,7 +145,7 @@ def no_events_cfg_file(tmp_path_factory):
     """The lean config with the seed's stages but no event constraints: the seed's
     rainfall-simulation ratios do not belong to a twin's true parameters (as in
     tests/test_calibrate.py), so a twin that keeps them is fitted to inconsistent data."""
-    from regv1_jax.fit._config import config_document
+    from regv1_jax.fit import config_document
 
     stages = config_document()["stages"]
     for st in stages:
@@ -226,7 +226,7 @@ def test_110_year_desert_record_with_gaps_and_irregular_sampling(tmp_path, no_ev
     V0 and K_V come within 15% (r_V trades against the fitted feedback strengths lambda1,
     lambda2 on cover alone: ~30% low, inside its interval), and the fit reproduces the
     training cover (1:1 R2 > 0.9)."""
-    from regv1_jax.fit._synthetic import long_record_twin, write_twin
+    from regv1_jax.fit import long_record_twin, write_twin
 
     frame, meta = long_record_twin()
     data = tmp_path / "desert110_synthetic.csv"
@@ -264,8 +264,7 @@ def test_real_gauge_records_load_as_published(site, area):
     import hashlib
 
     from regv1_jax._paths import data_path
-    from regv1_jax.io._observations import convert_gauge
-    from regv1_jax.io._sites import get_site
+    from regv1_jax.io import convert_gauge, get_site
 
     path = data_path("yellow_river_tributaries_gauged.csv")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == GAUGE_SHA256

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from regv1_jax._paths import data_path
-from regv1_jax.cli._main import SIM_COLUMNS, main
+from regv1_jax.cli import SIM_COLUMNS, main
 
 
 def test_simulate_writes_one_row_per_year_with_closed_water_balance(tmp_path):
@@ -82,7 +82,7 @@ def calibrated(tmp_path_factory):
 
 
 def test_calibrate_writes_an_owned_folder_with_a_manifest(calibrated):
-    from regv1_jax.report._outputs import sha256
+    from regv1_jax.report import sha256
 
     out, cfg, _ = calibrated
     names = {p.name for p in out.iterdir()}
@@ -132,7 +132,7 @@ def test_the_html_report_is_self_contained_with_valid_css(calibrated):
 
 
 def test_atomic_out_dir_replaces_whole_folders_and_survives_interrupts(tmp_path):
-    from regv1_jax.report._outputs import atomic_out_dir, check_out_dir, read_manifest
+    from regv1_jax.report import atomic_out_dir, check_out_dir, read_manifest
 
     out = tmp_path / "o"
     with atomic_out_dir(out, {"tool": "regv1_jax"}) as d:
@@ -156,7 +156,7 @@ def test_atomic_out_dir_replaces_whole_folders_and_survives_interrupts(tmp_path)
 
 
 def test_atomic_files_write_all_or_nothing(tmp_path):
-    from regv1_jax.report._outputs import atomic_files
+    from regv1_jax.report import atomic_files
 
     a, b = tmp_path / "a.csv", tmp_path / "b.png"
     a.write_text("old")
@@ -187,7 +187,7 @@ def test_sites_lists_the_bundled_sites():
 
 
 def test_show_config_prints_a_config_that_loads(tmp_path):
-    from regv1_jax.fit._config import CONFIG_KEYS, CalibrationConfig, load_config
+    from regv1_jax.fit import CONFIG_KEYS, CalibrationConfig, load_config
 
     res = CliRunner().invoke(main, ["calibrate", "--show-config"])
     assert res.exit_code == 0, res.output
@@ -212,12 +212,16 @@ def test_the_compiled_fit_holds_no_host_callback():
     import jax
     import jax.numpy as jnp
 
-    from regv1_jax.cli._cache import cacheable_traces
-    from regv1_jax.fit import _config as C
-    from regv1_jax.fit._objective import make_targets
-    from regv1_jax.fit._staged import cell_weights, fit_staged, staged_problem
-    from regv1_jax.io._sites import get_site, site_forcing
-    from regv1_jax.model._params import load_param_space
+    from regv1_jax.cli import cacheable_traces
+    from regv1_jax.fit import (
+        CalibrationConfig,
+        cell_weights,
+        fit_staged,
+        make_targets,
+        staged_problem,
+    )
+    from regv1_jax.io import get_site, site_forcing
+    from regv1_jax.model import load_param_space
 
     jax.clear_caches()  # no inner trace (of simulate) made earlier in raise mode
     s = get_site("Yanhe-basin")
@@ -225,9 +229,9 @@ def test_the_compiled_fit_holds_no_host_callback():
     p = space.prior_values(jnp.float64)
     f = site_forcing(s, 1995, 2001)
     t = make_targets(s.observations, f, dtype=jnp.float64)
-    cfg = C.CalibrationConfig(n_starts=2, lm_steps=2)
+    cfg = CalibrationConfig(n_starts=2, lm_steps=2)
     prob = staged_problem(space, cfg.stages, cfg.n_starts, jax.random.PRNGKey(0))
-    args = (p, prob, f, t, cell_weights(t), jnp.asarray(1.0), space, C._Settings.of(cfg))
+    args = (p, prob, f, t, cell_weights(t), jnp.asarray(1.0), space, cfg.fit_settings())
     dyn, static = eqx.partition(args, eqx.is_array)
     fit = fit_staged.__wrapped__  # the function itself, not a cached trace of it
     with cacheable_traces():

@@ -11,7 +11,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from regv1_jax.cli._main import main
+from regv1_jax.cli import main
 
 HEADER = "year,location,veg_cover_%,SOM_%,rainfall_mm,runoff_mm,erosion_t/ha"
 GOOD_ROWS = ["1995,Yanhe-basin,28,,450,90,", "2000,Yanhe-basin,31,,420,84,",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from regv1_jax._paths import data_dir, data_path
-from regv1_jax.io._observations import (
+from regv1_jax.io import (
     OBSERVED,
     REQUIRED_COLUMNS,
     DataError,

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax.analysis import VIF_FLAG, identify_sample, read_replicates, write_identify
-from regv1_jax.fit._site import column_vif, information_eigen
+from regv1_jax.analysis import VIF_FLAG, identify_sample, read_replicates
+from regv1_jax.report import write_identify
+from regv1_jax.fit import column_vif, information_eigen
 
 RHO = 0.95
 NAMES = ("c_E", "omega_E", "b_V")  # linear prior and linear transform: no rescaling
@@ -116,7 +117,7 @@ def test_replicates_file_contract(tmp_path):
 def test_cli_bad_input_is_one_line_before_computing(tmp_path, args, needle):
     from click.testing import CliRunner
 
-    from regv1_jax.cli._main import main
+    from regv1_jax.cli import main
 
     (tmp_path / "bad.csv").write_text("replicate,foo\n1,2\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]

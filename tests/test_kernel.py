@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import loess
 
-from regv1_jax.model._field import Layout
+from regv1_jax.model import Layout
 from regv1_jax.solve import kernel as _kernel
 
 DTYPES = (np.float32, np.float64)

@@ -9,12 +9,14 @@ import pytest
 
 import regv1_jax as r
 from regv1_jax._paths import data_path
-from regv1_jax.fit._objective import SEED_EVENTS, event_ratios
-from regv1_jax.io._sites import get_site, site_forcing
-from regv1_jax.model._equilibria import Climate, bifurcation, equilibria
-from regv1_jax.model._field import (
+from regv1_jax.fit import SEED_EVENTS, event_ratios
+from regv1_jax.io import get_site, site_forcing
+from regv1_jax.model import (
+    Climate,
     Layout,
+    bifurcation,
     drivers,
+    equilibria,
     initial_state,
     rate_terms,
     som_topsoil,

@@ -17,9 +17,14 @@ from regv1_jax.analysis import (
     profile,
     profile_grid,
 )
-from regv1_jax.fit._config import CalibrationConfig, Stage
-from regv1_jax.fit._objective import make_targets
-from regv1_jax.fit._synthetic import make_twin, twin_forcing, write_twin
+from regv1_jax.fit import (
+    CalibrationConfig,
+    Stage,
+    make_targets,
+    make_twin,
+    twin_forcing,
+    write_twin,
+)
 
 START, END = 1999, 2006
 RAIN = 420 + 60 * np.sin(np.arange(START, END + 1) * 1.7)
@@ -141,7 +146,7 @@ def test_cli_profile_and_identify_from_a_calibration_folder(tmp_path):
 
     from click.testing import CliRunner
 
-    from regv1_jax.cli._main import main
+    from regv1_jax.cli import main
 
     frame, meta = make_twin("LoessPlateau", "profile-synthetic", {"r_V": 0.15, "a2": 0.045},
                             START, END, RAIN, 1999, depth_every=None,
@@ -184,7 +189,7 @@ def test_setup_from_a_site_calibration_takes_its_fitted_set_and_training_years(t
     from types import SimpleNamespace
 
     from regv1_jax.analysis import setup_from_calibration
-    from regv1_jax.fit._config import SEED_STAGES, StageResult
+    from regv1_jax.fit import SEED_STAGES, StageResult
 
     frame, meta = make_twin("LoessPlateau", "profile-synthetic", {}, START, END, RAIN, 1999,
                             depth_every=None)
@@ -210,9 +215,9 @@ SHARDED = """
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 import regv1_jax as r
-from regv1_jax.fit._config import CalibrationConfig, Stage
-from regv1_jax.fit._objective import make_targets
-from regv1_jax.fit._synthetic import make_twin, twin_forcing
+from regv1_jax.fit import CalibrationConfig, Stage
+from regv1_jax.fit import make_targets
+from regv1_jax.fit import make_twin, twin_forcing
 from regv1_jax.analysis import ProfileSetup, profile
 assert len(jax.devices()) == 2
 S, E = 1999, 2004
@@ -220,7 +225,7 @@ rain = 420 + 60 * np.sin(np.arange(S, E + 1) * 1.7)
 frame, meta = make_twin("LoessPlateau", "shard-synthetic", {"r_V": 0.15}, S, E, rain, 1999,
                         depth_every=None, noise={"veg_cover_%": 1.0}, seed=1)
 import tempfile, pathlib
-from regv1_jax.fit._synthetic import write_twin
+from regv1_jax.fit import write_twin
 p = pathlib.Path(tempfile.mkdtemp()) / "shard_synthetic.csv"
 write_twin(frame, meta, p)
 obs = r.load_site(p, "shard-synthetic")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax.solve._reference import OUTPUT_KEYS, solve_scipy, solve_scipy_grid
+from regv1_jax.solve import OUTPUT_KEYS, solve_scipy, solve_scipy_grid
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 

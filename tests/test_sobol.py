@@ -250,7 +250,7 @@ def test_sharded_evaluation_equals_unsharded():
 def test_cli_sobol_writes_tables_and_rejects_bad_input(tmp_path):
     from click.testing import CliRunner
 
-    from regv1_jax.cli._main import main
+    from regv1_jax.cli import main
 
     out = tmp_path / "s"
     args = ["sobol", "--region", "LoessPlateau", "--qoi", "V:2005", "--params-subset",

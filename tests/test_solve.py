@@ -6,7 +6,7 @@ import pytest
 from helpers import loess, tree_allclose, yanhe_forcing
 
 import regv1_jax as r
-from regv1_jax.solve._simulate import MAX_STEPS, NONFINITE, OK
+from regv1_jax.solve import MAX_STEPS, NONFINITE, OK
 
 OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
            "erosion", "storage_change")

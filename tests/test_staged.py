@@ -1,4 +1,4 @@
-"""The staged fit as one pure jitted function (``regv1_jax._staged.fit_staged``): the host
+"""The staged fit as one pure jitted function (``regv1_jax.fit.fit_staged``): the host
 pipeline (``calibrate_stages``, which calls it once on a problem padded to five stages)
 gives the same values and status codes, it vmaps over per-cell weight vectors exactly like a
 loop, and a second call does not recompile."""
@@ -11,10 +11,20 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax.fit._config import SEED_STAGES, CalibrationConfig, _Settings, calibrate_stages
-from regv1_jax.fit._objective import TARGET_VARIABLES, make_targets
-from regv1_jax.fit._staged import CODES, TRACES, fit_staged, staged_problem
-from regv1_jax.fit._synthetic import make_twin, twin_forcing, write_twin
+from regv1_jax.fit import (
+    SEED_STAGES,
+    STAGE_CODES,
+    TARGET_VARIABLES,
+    CalibrationConfig,
+    calibrate_stages,
+    fit_staged,
+    make_targets,
+    make_twin,
+    staged_problem,
+    trace_count,
+    twin_forcing,
+    write_twin,
+)
 
 START, END = 1999, 2008
 RAIN = 420 + 60 * np.sin(np.arange(START, END + 1) * 1.7)
@@ -38,7 +48,7 @@ def problem(tmp_path_factory):
     prob = staged_problem(space, STAGES, CFG.n_starts, jax.random.PRNGKey(CFG.seed))
     n = len(TARGET_VARIABLES) * forcing.n_years
     args = (prob, forcing, targets)
-    return space, prior, args, n, _Settings.of(CFG)
+    return space, prior, args, n, CFG.fit_settings()
 
 
 # Both compile the whole staged fit (~2 and ~4 minutes on 2 loaded cores): marked slow to
@@ -52,7 +62,7 @@ def test_matches_the_host_pipeline_and_reports_status(problem):
     for name in ("r_V", "K_V", "a1", "a2"):
         assert float(getattr(res.params, name)) == pytest.approx(
             float(getattr(host, name)), rel=1e-6), name
-    assert [int(c) for c in res.status] == [CODES[s.status] for s in stages]
+    assert [int(c) for c in res.status] == [STAGE_CODES[s.status] for s in stages]
     assert float(res.params.tau_VS) == float(prior.tau_VS)  # never free: exact
 
 
@@ -68,10 +78,10 @@ def test_vmap_over_weights_equals_a_loop_and_does_not_recompile(problem):
 
     batched = jax.vmap(one)(W)
     loop = [one(W[i]) for i in range(4)]
-    before = TRACES[0]
+    before = trace_count()
     loop += [one(W[i]) for i in range(4, N_BATCH)]
     jax.vmap(one)(W)
-    assert TRACES[0] == before  # second calls (batched and single) reuse the compiled fit
+    assert trace_count() == before  # second calls (batched and single) reuse the compiled fit
     for i, res in enumerate(loop):
         np.testing.assert_allclose(np.asarray(batched.u[i]), np.asarray(res.u), rtol=1e-7,
                                    atol=1e-9)
@@ -79,5 +89,5 @@ def test_vmap_over_weights_equals_a_loop_and_does_not_recompile(problem):
     # A weight vector that drops every cover cell skips stage (a) (status, not an error).
     w0 = jnp.where(jnp.arange(n) < forcing.n_years, 0.0, 1.0)
     res0 = one(w0)
-    assert int(res0.status[0]) == CODES["skipped"]
+    assert int(res0.status[0]) == STAGE_CODES["skipped"]
     assert float(res0.params.r_V) == pytest.approx(float(prior.r_V), rel=1e-12)

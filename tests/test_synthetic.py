@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import regv1_jax as r
-from regv1_jax.fit._synthetic import (
+from regv1_jax.fit import (
     COLUMNS,
     DEFAULT_NOISE,
     SOLVER,
@@ -21,8 +21,8 @@ from regv1_jax.fit._synthetic import (
     twin_forcing,
     write_twin,
 )
-from regv1_jax.io._observations import DEPTHS, load_sites_registry, read_observations
-from regv1_jax.model._params import ParameterError
+from regv1_jax.io import DEPTHS, load_sites_registry, read_observations
+from regv1_jax.model import ParameterError
 
 REPO = Path(__file__).resolve().parent.parent
 SYN = REPO / "data" / "synthetic"
@@ -179,7 +179,7 @@ def test_long_record_twin_has_gaps_irregular_sampling_and_an_exact_forcing(tmp_p
     of the others in the twin's forcing (so a calibration that fills missing rainfall with the
     observed mean sees the twin's own forcing), only cover and rainfall columns, labelled
     synthetic; it reads back through the CSV loader."""
-    from regv1_jax.fit._synthetic import long_record_twin
+    from regv1_jax.fit import long_record_twin
 
     frame, meta = long_record_twin()
     cover = meta["sampling"]["cover_years"]

@@ -1,41 +1,46 @@
-"""Analyses over the batched engine: the evaluator, quantities of interest, Sobol' and DGSM.
+"""Analyses over the batched engine (numbers only; the writers are in report): the streaming
+evaluator, quantities of interest, Sobol' indices and DGSM, the block bootstrap, profile
+likelihood and identifiability."""
 
-The block bootstrap (``bootstrap_study``) plugs into :func:`map_chunks` with vmapped
-staged refits.
-"""
-
+from ._bootstrap import DERIVED as DERIVED
+from ._bootstrap import REPLICATE_STATUS as REPLICATE_STATUS
+from ._bootstrap import SCHEMES as SCHEMES
 from ._bootstrap import BootstrapResult as BootstrapResult
+from ._bootstrap import auto_block_length as auto_block_length
+from ._bootstrap import bca_interval as bca_interval
+from ._bootstrap import bootstrap_intervals as bootstrap_intervals
 from ._bootstrap import bootstrap_study as bootstrap_study
+from ._bootstrap import derived_fn as derived_fn
+from ._bootstrap import jackknife_counts as jackknife_counts
+from ._bootstrap import moving_block_indices as moving_block_indices
+from ._bootstrap import percentile_interval as percentile_interval
+from ._bootstrap import politis_white as politis_white
+from ._bootstrap import refit_fn as refit_fn
+from ._bootstrap import replicate_status as replicate_status
 from ._bootstrap import resample_counts as resample_counts
+from ._bootstrap import stationary_indices as stationary_indices
+from ._bootstrap import year_weights as year_weights
 from ._dgsm import DGSM as DGSM
 from ._dgsm import dgsm as dgsm
 from ._dgsm import model_unit_fn as model_unit_fn
+from ._evaluate import DEFAULT_CHUNK as DEFAULT_CHUNK
 from ._evaluate import QOI_NONFINITE as QOI_NONFINITE
 from ._evaluate import ChunkStore as ChunkStore
 from ._evaluate import Evaluation as Evaluation
+from ._evaluate import chunk_for_memory as chunk_for_memory
 from ._evaluate import evaluate as evaluate
 from ._evaluate import map_chunks as map_chunks
-from ._qoi import QoI as QoI
-from ._qoi import QoIContext as QoIContext
-from ._qoi import make_qoi as make_qoi
-from ._sensitivity import DEFAULT_SUBSET as DEFAULT_SUBSET
-from ._sensitivity import SobolStudy as SobolStudy
-from ._sensitivity import sobol_study as sobol_study
-from ._sobol import SobolIndices as SobolIndices
-from ._sobol import saltelli_base as saltelli_base
-from ._sobol import saltelli_matrix as saltelli_matrix
-from ._sobol import sobol_indices as sobol_indices
-
-# isort: split
-# Profile likelihood and identifiability (issue 11).
+from ._evaluate import qoi_fn as qoi_fn
 from ._identify import VIF_FLAG as VIF_FLAG
 from ._identify import Identifiability as Identifiability
 from ._identify import identify_data as identify_data
 from ._identify import identify_sample as identify_sample
 from ._identify import read_replicates as read_replicates
-from ._identify import write_identify as write_identify
 from ._profile import CHI2_95 as CHI2_95
 from ._profile import DEFAULT_PROFILED as DEFAULT_PROFILED
+from ._profile import FAILED as FAILED
+from ._profile import POINT_STATUS as POINT_STATUS
+from ._profile import PROFILE_LM_STEPS as PROFILE_LM_STEPS
 from ._profile import Profile as Profile
 from ._profile import ProfileSetup as ProfileSetup
 from ._profile import lr_interval as lr_interval
@@ -43,3 +48,27 @@ from ._profile import point_residual_fn as point_residual_fn
 from ._profile import profile as profile
 from ._profile import profile_grid as profile_grid
 from ._profile import setup_from_calibration as setup_from_calibration
+from ._qoi import COLUMNS as COLUMNS
+from ._qoi import NAMED_QOIS as NAMED_QOIS
+from ._qoi import QOI_HELP as QOI_HELP
+from ._qoi import QoI as QoI
+from ._qoi import QoIContext as QoIContext
+from ._qoi import column_at as column_at
+from ._qoi import column_mean as column_mean
+from ._qoi import make_qoi as make_qoi
+from ._qoi import runoff_decrease as runoff_decrease
+from ._qoi import soc_sequestration as soc_sequestration
+from ._qoi import v_crit as v_crit
+from ._qoi import water_yield_decrease as water_yield_decrease
+from ._sensitivity import DEFAULT_SUBSET as DEFAULT_SUBSET
+from ._sensitivity import SobolStudy as SobolStudy
+from ._sensitivity import sobol_study as sobol_study
+from ._sobol import SobolIndices as SobolIndices
+from ._sobol import block_ok as block_ok
+from ._sobol import block_size as block_size
+from ._sobol import check_power_of_two as check_power_of_two
+from ._sobol import saltelli_base as saltelli_base
+from ._sobol import saltelli_matrix as saltelli_matrix
+from ._sobol import saltelli_rows as saltelli_rows
+from ._sobol import sobol_indices as sobol_indices
+from ._sobol import split_outputs as split_outputs

@@ -44,13 +44,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
-from ..fit._config import CalibrationConfig, _stack
-from ..fit._objective import TARGET_VARIABLES, Targets, data_residuals, simulated
-from ..fit._staged import AT_BOUND_U, CODES, fit_staged, settings_of, staged_problem
-from ..model._field import LAYER_DEPTHS_M, SOM_PER_C
-from ..model._forcing import Forcing
-from ..model._params import Params, ParamSpace
-from ..solve._simulate import simulate
+from ..fit import (
+    AT_BOUND_U,
+    STAGE_CODES,
+    TARGET_VARIABLES,
+    CalibrationConfig,
+    Targets,
+    data_residuals,
+    fit_staged,
+    simulated,
+    staged_problem,
+)
+from ..model import LAYER_DEPTHS_M, SOM_PER_C, Forcing, Params, ParamSpace
+from ..solve import AbstractSolver, simulate
+from ..status import MESSAGES, code
 from ._evaluate import ChunkStore, Evaluation, map_chunks, no_planting
 from ._qoi import _masked_mean
 
@@ -61,17 +68,10 @@ __all__ = ["SCHEMES", "REPLICATE_STATUS", "DERIVED", "moving_block_indices",
            "bootstrap_intervals"]
 
 SCHEMES = ("moving", "stationary")
-# Per-replicate status: 0 is used; every other code is counted and excluded.
-REPLICATE_STATUS = {
-    0: "ok (converged, or stopped at a physical bound)",
-    1: "a stage stopped before its convergence test passed",
-    2: "no optimiser step accepted: every fitted parameter off its bounds stayed at the "
-       "point estimate although the weights changed (seen when a parameter sits at a "
-       "physical bound; such a stage reports at_bound, not its convergence)",
-    3: "a stage that ran in the point fit was skipped (the resample dropped its data)",
-    4: "every start of a stage diverged",
-    5: "non-finite parameters or derived quantities",
-}
+# Per-replicate status (RESULTS codes): successful is used; every other code is counted and
+# excluded.
+REPLICATE_STATUS = {c: MESSAGES[c] for c in (code(n) for n in (
+    "successful", "not_converged", "no_step", "newly_skipped", "failed", "nonfinite"))}
 MIN_SERIES = 8  # observed training years a residual series needs for the automatic rule
 LEVEL = 0.95
 
@@ -248,14 +248,12 @@ def _uses_planting(forcing: Forcing, planting_start) -> bool:
         planting_start + 3 <= years[-1]
 
 
-def derived_fn(forcing: Forcing, solver: tuple, planting_start: int | None):
+def derived_fn(forcing: Forcing, solver: AbstractSolver, planting_start: int | None):
     """``params -> (derived (k,), series (n_vars * n_years,))``: the quantities of
     ``DERIVED`` (none without a planting start inside the run) and every target
-    variable's simulated series, from solves with ``solver = (method, rtol, atol,
-    steps_per_year)`` (the fit's)."""
+    variable's simulated series, from solves with ``solver`` (the fit's)."""
     use = _uses_planting(forcing, planting_start)
-    method, rtol, atol, spy = solver
-    kw = dict(method=method, rtol=rtol, atol=atol, steps_per_year=spy)
+    kw = dict(solver=solver)
 
     def fn(p: Params):
         sim = simulate(p, forcing, **kw)
@@ -272,24 +270,19 @@ def derived_fn(forcing: Forcing, solver: tuple, planting_start: int | None):
     return fn, (list(DERIVED) if use else [])
 
 
-def _solver(cfg: CalibrationConfig) -> tuple:
-    return (cfg.method, cfg.rtol, cfg.atol, cfg.steps_per_year)
-
-
 @eqx.filter_jit
 def _refit_batch(W, base, problem, forcing, targets, prior_w, space, settings, static):
     """The batched refits (one compiled function per shape and ``static``; a second study
     with the same settings reuses it)."""
-    names, gtol, ftol, solver, planting_start, devices = static
-    der, _ = derived_fn(forcing, solver, planting_start)
+    names, planting_start, devices = static
+    der, _ = derived_fn(forcing, settings.solver, planting_start)
 
     def local(W, base, problem, forcing, targets, prior_w):
-        u0 = _stack(space, space.to_unconstrained(base))
+        u0 = space.vector_to_unconstrained(space.stack(base))
         ever = jnp.any(problem.masks, axis=0)
 
         def one(w):
-            res = fit_staged(base, problem, forcing, targets, w, prior_w, space, settings,
-                             gtol, ftol)
+            res = fit_staged(base, problem, forcing, targets, w, prior_w, space, settings)
             interior = ever & (jnp.abs(res.u) < AT_BOUND_U) & (jnp.abs(u0) < AT_BOUND_U)
             stuck = jnp.any(interior) & ~jnp.any(interior & (res.u != u0))
             vals = jnp.stack([getattr(res.params, n) for n in names])
@@ -297,8 +290,11 @@ def _refit_batch(W, base, problem, forcing, targets, prior_w, space, settings, s
             c = res.status
             finite = jnp.all(jnp.isfinite(vals)) & jnp.all(jnp.isfinite(d)) & \
                 jnp.all(jnp.isfinite(series))
-            st = jnp.where(jnp.any(c == CODES["failed"]), 4, jnp.where(~finite, 5, jnp.where(
-                jnp.any(c == CODES["not_converged"]), 1, jnp.where(stuck, 2, 0))))
+            st = jnp.where(
+                jnp.any(c == STAGE_CODES["failed"]), code("failed"),
+                jnp.where(~finite, code("nonfinite"), jnp.where(
+                    jnp.any(c == STAGE_CODES["not_converged"]), code("not_converged"),
+                    jnp.where(stuck, code("no_step"), code("successful")))))
             return (jnp.concatenate([vals, c.astype(vals.dtype), d, series]),
                     st.astype(jnp.int32))
 
@@ -320,17 +316,17 @@ def refit_fn(space: ParamSpace, base: Params, forcing: Forcing, targets: Targets
     (``fit_staged`` from ``base``, one start), then ``names``' values, the stage codes, the
     derived quantities and the simulated series (column names returned second).  With
     several ``devices`` the rows are split over them (``shard_map``; ``c`` must be a
-    multiple of their number).  Status here: 4 failed, 5 non-finite, 1 not converged, 2
-    stuck at the warm start, 0 ok; status 3 (a stage skipped that ran in the point fit)
-    needs the point refit's codes and is set by :func:`replicate_status`."""
+    multiple of their number).  Status here (``RESULTS``): failed, nonfinite,
+    not_converged, no_step (stuck at the warm start) or successful; newly_skipped (a stage
+    skipped that ran in the point fit) needs the point refit's codes and is set by
+    :func:`replicate_status`."""
     problem = staged_problem(space, cfg.stages, 1, jax.random.PRNGKey(cfg.seed),
                              dtype=base.dtype)
-    settings = settings_of(cfg)
+    settings = cfg.fit_settings()
     prior_w = jnp.asarray(cfg.prior_weight, base.dtype)
     devices = tuple(devices or ())
     ps = planting_start if _uses_planting(forcing, planting_start) else None
-    static = (tuple(names), cfg.gtol, cfg.ftol, _solver(cfg), ps,
-              devices if len(devices) > 1 else None)
+    static = (tuple(names), ps, devices if len(devices) > 1 else None)
     der_names = list(DERIVED) if ps is not None else []
     columns = (list(names) + [f"status:{s.name}" for s in cfg.stages] + der_names
                + [f"series:{v}:{int(y)}" for v in TARGET_VARIABLES for y in forcing.years])
@@ -429,8 +425,7 @@ def residual_series(space, params, forcing, targets: Targets, cfg, train_idx) ->
     """Standardised residuals of the point fit per fitted variable (a variable of some
     stage; training years with an observation, in year order): the input of the automatic
     block length."""
-    sim = simulate(params, forcing, method=cfg.method, rtol=cfg.rtol, atol=cfg.atol,
-                   steps_per_year=cfg.steps_per_year)
+    sim = simulate(params, forcing, solver=cfg.make_solver())
     r = np.asarray(data_residuals(sim, targets, TARGET_VARIABLES)).reshape(
         len(TARGET_VARIABLES), -1)
     out = {}
@@ -446,16 +441,17 @@ def residual_series(space, params, forcing, targets: Targets, cfg, train_idx) ->
 
 def replicate_status(status, codes, point_codes, exclude_not_converged: bool = True):
     """Final per-replicate status (``REPLICATE_STATUS``) from the refit's status and the
-    stage codes: 3 where a stage that ran in the point refit was skipped (unless failed or
-    non-finite); with ``exclude_not_converged`` False, not-converged replicates count as
-    used (0)."""
+    stage codes: newly_skipped where a stage that ran in the point refit was skipped
+    (unless failed or non-finite); with ``exclude_not_converged`` False, not-converged
+    replicates count as used (successful)."""
     status = np.asarray(status, np.int32)
     codes = np.asarray(codes)
-    newly = np.any((codes == CODES["skipped"])
-                   & (np.asarray(point_codes)[None, :] != CODES["skipped"]), axis=1)
-    st = np.where(newly & (status <= 2), 3, status).astype(np.int32)
+    newly = np.any((codes == STAGE_CODES["skipped"])
+                   & (np.asarray(point_codes)[None, :] != STAGE_CODES["skipped"]), axis=1)
+    kept = np.isin(status, [code("successful"), code("not_converged"), code("no_step")])
+    st = np.where(newly & kept, code("newly_skipped"), status).astype(np.int32)
     if not exclude_not_converged:
-        st = np.where(st == 1, 0, st).astype(np.int32)
+        st = np.where(st == code("not_converged"), code("successful"), st).astype(np.int32)
     return st
 
 
@@ -534,7 +530,7 @@ def bootstrap_study(
     # Row 0: the point refit (all weights 1): its stage codes judge the replicates'.
     fn, _ = refit_fn(space, params, forcing, targets, cfg, names, planting_start, devices)
     nn, nstg = len(names), len(cfg.stages)
-    der, der_names = derived_fn(forcing, _solver(cfg), planting_start)
+    der, der_names = derived_fn(forcing, cfg.make_solver(), planting_start)
 
     def make(lo, hi):
         w = W[lo:hi]

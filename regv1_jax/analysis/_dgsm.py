@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._forcing import Forcing
-from ..model._params import Params, ParamSpec
-from ..solve._simulate import simulate
+from ..model import Forcing, Params, ParamSpec
+from ..solve import simulate
 from ._evaluate import no_planting
 from ._qoi import QoI
 from ._sobol import scale_width, unit_to_params

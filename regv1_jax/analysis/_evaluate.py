@@ -13,7 +13,7 @@ Two layers:
 * :func:`qoi_fn` / :func:`evaluate` - the forward solve (``simulate_ensemble``: buckets,
   sharding over ``jax.devices()``, the C++ kernel on CPU) and a :class:`QoI` per chunk.
 
-Status per item: 0 ok, the solver's codes (``STATUS_MESSAGES``), and ``QOI_NONFINITE``
+Status per item (``RESULTS`` codes): successful, the solver's codes, and ``QOI_NONFINITE``
 where the solve succeeded but the QoI is NaN/inf (e.g. ``V_crit`` of a set that is not
 bistable).
 """
@@ -31,16 +31,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._forcing import Forcing
-from ..model._params import Params
-from ..solve._ensemble import simulate_ensemble
+from ..model import Forcing, Params
+from ..solve import simulate_ensemble
+from ..status import code
 from ._qoi import QoI
 
 __all__ = ["ChunkStore", "Evaluation", "map_chunks", "qoi_fn", "evaluate", "QOI_NONFINITE",
            "DEFAULT_CHUNK", "chunk_for_memory"]
 
 # Status of an item whose solve succeeded but whose QoI is not finite.
-QOI_NONFINITE = 10
+QOI_NONFINITE = code("qoi_nonfinite")
 # Default members per chunk: ~65k 21-year solves hold ~120 MB of annual outputs (float32)
 # plus the kernel's own sub-chunks; large enough that the per-call overhead is < 1%.
 DEFAULT_CHUNK = 65536

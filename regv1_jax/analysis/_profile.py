@@ -9,7 +9,7 @@ their profile refits ``F`` with them moved).  psi's own prior row is left out (a
 *likelihood* in psi; ``profiled_prior=True`` keeps it: a profile posterior).
 
 **Refit.**  Not the staged fit (its compile takes minutes and its stages exist to find the
-basin): ONE joint Levenberg-Marquardt (``_levenberg_marquardt``, the calibration's) over
+basin): ONE joint Levenberg-Marquardt (``fit.LevenbergMarquardt``, the calibration's) over
 ``F \\ {psi}`` per point, warm-started from the neighbouring point.  The grid is cut at the
 point estimate into two outward sweeps; a ``lax.scan`` walks them step by step, and every
 sweep of every profiled parameter (both directions) runs at once under ``vmap``.
@@ -33,26 +33,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..fit._config import (
+from ..fit import (
+    AT_BOUND_U,
+    TARGET_VARIABLES,
     CalibrationConfig,
-    _levenberg_marquardt,
-    _residuals,
-    _Settings,
-    _stack,
-    _unstack,
+    LevenbergMarquardt,
+    Objective,
+    Targets,
 )
-from ..fit._objective import TARGET_VARIABLES, Targets
-from ..fit._staged import AT_BOUND_U
-from ..model._forcing import Forcing
-from ..model._params import Params, ParamSpace
+from ..model import Forcing, Params, ParamSpace
+from ..status import code
 
-__all__ = ["CHI2_95", "POINT_STATUS", "DEFAULT_PROFILED", "Profile", "ProfileSetup",
-           "profile", "lr_interval", "point_residual_fn", "profile_grid",
-           "setup_from_calibration", "write_profile", "plot_profiles", "report_fragment"]
+__all__ = ["CHI2_95", "POINT_STATUS", "DEFAULT_PROFILED", "Profile", "ProfileSetup", "profile",
+           "lr_interval", "point_residual_fn", "profile_grid", "setup_from_calibration", "FAILED",
+           "PROFILE_LM_STEPS"]
 
 CHI2_95 = 3.841458820694124  # 95% quantile of chi2 with 1 degree of freedom
 DEFAULT_PROFILED = ("theta_star", "SOM_star")  # the seed's thresholds
-POINT_STATUS = {0: "ok", 1: "not_converged", 2: "at_bound", 3: "failed"}  # at_bound: converged
+# Point status words by RESULTS code (at_bound: converged with a refitted parameter at its
+# bound); a failed point (non-finite loss) is left out of the interval.
+FAILED = code("failed")
+POINT_STATUS = {code("successful"): "ok", code("not_converged"): "not_converged",
+                code("at_bound"): "at_bound", FAILED: "failed"}
 PROFILE_LM_STEPS = 15  # most LM iterations per grid point (warm-started)
 EDGE = 1e-3  # grid ends stay this share of the physical range inside the bounds
 
@@ -104,7 +106,7 @@ class Profile:
 
     @property
     def failed(self) -> list[int]:
-        return [int(i) for i in np.flatnonzero(self.status == 3)]
+        return [int(i) for i in np.flatnonzero(self.status == FAILED)]
 
     def summary(self) -> dict:
         st = [POINT_STATUS[int(s)] for s in self.status]
@@ -226,54 +228,55 @@ def _point_arrays(setup: ProfileSetup, name: str, profiled_prior: bool, width: i
     return mask, _selection(free, width), prior_rows
 
 
-def _objective_residuals(u, base, mask_vec, prior_rows, ev_w, prior_w, forcing, targets,
-                         space, settings):
-    """The point fit's joint residuals at ``u`` with psi's prior row weighted by
-    ``prior_rows`` (data and event rows unchanged)."""
-    var_w = jnp.ones((len(TARGET_VARIABLES),), u.dtype)
-    fwd = "checkpoint" if settings.method == "rk4" else "forward"
-    r = _residuals(u, base, _unstack(space, mask_vec), var_w, ev_w, prior_w, forcing, targets,
-                   space, settings, fwd)
-    n_p = prior_rows.shape[0]
-    return r * jnp.concatenate([jnp.ones((r.shape[0] - n_p,), r.dtype), prior_rows])
+def _objective(setup: ProfileSetup, solver=None) -> Objective:
+    """The point fit's joint objective (every target variable, the events when the fit used
+    them, the prior rows times the prior weight); the mask and the prior-row weights are set
+    per sweep."""
+    dtype = setup.params.dtype
+    n_p = len(setup.names)
+    return Objective(setup.params, jnp.zeros((n_p,), bool),
+                     jnp.ones((len(TARGET_VARIABLES),), dtype),
+                     jnp.asarray(1.0 if setup.events else 0.0, dtype),
+                     jnp.asarray(setup.cfg.prior_weight, dtype), setup.forcing, setup.targets,
+                     setup.space, solver or setup.cfg.make_solver().for_jacobian(),
+                     setup.cfg.events, prior_rows=jnp.ones((n_p,), dtype))
 
 
 @eqx.filter_jit
-def _sweeps(u_start, grid_u, idx, masks, S, prior_rows, base, ev_w, prior_w, forcing,
-            targets, space, settings, gtol, ftol, devices=None):
+def _sweeps(u_start, grid_u, idx, masks, S, prior_rows, objective: Objective,
+            lm: LevenbergMarquardt, gtol, ftol, devices=None):
     """``lax.scan`` over the steps of every sweep at once; each step a vmapped LM refit per
     sweep, warm-started from the sweep's last finite point; with several ``devices`` the
     sweeps are split over them (``shard_map``)."""
+    n_data = len(TARGET_VARIABLES) * objective.forcing.n_years + objective.events.size
 
     def fit_one(u_prev, g, i, mask_vec, S_b, rows):
         u0 = u_prev.at[i].set(g)
-
-        def res(u):
-            return _objective_residuals(u, base, mask_vec, rows, ev_w, prior_w, forcing,
-                                        targets, space, settings)
-
-        u, trace, grad, it, _ = _levenberg_marquardt(res, u0, S_b, settings)
+        obj = dataclasses.replace(objective, mask=mask_vec, prior_rows=rows)
+        res = lm.solve(obj.residuals, u0, S_b, n_data)
+        u, trace = res.u, res.trace
         loss = trace[-1]
         # The trace repeats the final cost after an early stop; with few iterations a
         # 10-iteration window would reach back to the start, so the last 3 count.
         tail = trace[-3:]
         scale = 1.0 + jnp.abs(loss)
-        conv = (jnp.linalg.norm(grad) <= gtol * scale) & \
+        conv = (jnp.linalg.norm(res.grad) <= gtol * scale) & \
             (jnp.max(tail) - jnp.min(tail) <= ftol * scale)
         free = jnp.sum(S_b, axis=1) > 0
         at_bound = jnp.any(free & (jnp.abs(u) >= AT_BOUND_U))
         finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(u))
         # at_bound: converged with a refitted parameter at its physical bound (its
         # saturated coordinate has no gradient); not converged wins over at_bound.
-        code = jnp.where(conv, jnp.where(at_bound, 2, 0), 1)
-        code = jnp.where(finite, code, 3)
-        return u, jnp.where(finite, loss, jnp.nan), code, it
+        status = jnp.where(conv, jnp.where(at_bound, code("at_bound"), code("successful")),
+                           code("not_converged"))
+        status = jnp.where(finite, status, FAILED)
+        return u, jnp.where(finite, loss, jnp.nan), status, res.n_iter
 
     def run(u_start, grid_u, idx, masks, S, prior_rows):
         def step(u_prev, g):
-            u, loss, code, it = jax.vmap(fit_one)(u_prev, g, idx, masks, S, prior_rows)
-            u_next = jnp.where((code < 3)[:, None], u, u_prev)
-            return u_next, (loss, code, it)
+            u, loss, status, it = jax.vmap(fit_one)(u_prev, g, idx, masks, S, prior_rows)
+            u_next = jnp.where((status != FAILED)[:, None], u, u_prev)
+            return u_next, (loss, status, it)
 
         _, out = jax.lax.scan(step, u_start, grid_u)
         return out
@@ -292,14 +295,10 @@ def _data_scale(setup: ProfileSetup) -> tuple[float, float, int]:
     """(s, chi2, dof): ``s = max(1, chi2/dof)`` of the data and event rows at the estimate
     (as ``local_identifiability`` scales the data information)."""
     space = setup.space
-    settings = _Settings.of(setup.cfg)
-    u = _stack(space, space.to_unconstrained(setup.params))
+    u = space.vector_to_unconstrained(space.stack(setup.params))
     F = jnp.asarray([n in setup.free for n in setup.names])
     n_p = len(setup.names)
-    r = _objective_residuals(u, setup.params, F, jnp.ones((n_p,), u.dtype),
-                             jnp.asarray(1.0 if setup.events else 0.0, u.dtype),
-                             jnp.asarray(setup.cfg.prior_weight, u.dtype), setup.forcing,
-                             setup.targets, space, settings)
+    r = dataclasses.replace(_objective(setup), mask=F).residuals(u)
     chi2 = float(jnp.sum(r[:-n_p] ** 2))
     n_rows = int(sum(setup.targets.count().values())) + \
         (setup.cfg.events.size if setup.events else 0)
@@ -332,14 +331,14 @@ def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
     if len(set(names)) != len(names):
         raise ValueError(f"parameter named twice in {names}")
     space, cfg = setup.space, setup.cfg
-    cfg = dataclasses.replace(cfg, lm_steps=int(lm_steps or PROFILE_LM_STEPS))
+    lm = LevenbergMarquardt(max_steps=int(lm_steps or PROFILE_LM_STEPS))
     dtype = setup.params.dtype
     spans = spans or {}
     gtol = cfg.gtol if gtol is None else gtol
     ftol = cfg.ftol if ftol is None else ftol
     width = max(len(setup.free), 1)
     grids, sweeps_u, idx, masks, Ss, rows = [], [], [], [], [], []
-    u_opt = np.asarray(_stack(space, space.to_unconstrained(setup.params)))
+    u_opt = np.asarray(space.vector_to_unconstrained(space.stack(setup.params)))
     for n in names:
         est = float(getattr(setup.params, n))
         g = profile_grid(space, n, est, points, k_sd, spans.get(n))
@@ -357,28 +356,26 @@ def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
     B = len(sweeps_u)
     grid_u = jnp.asarray(np.stack(sweeps_u, axis=1), dtype)  # (steps, B)
     u_start = jnp.asarray(np.repeat(u_opt[None], B, axis=0), dtype)
-    ev_w = jnp.asarray(1.0 if setup.events else 0.0, dtype)
     devices = tuple(jax.devices() if devices is None else devices)
     devices = devices if len(devices) > 1 and B % len(devices) == 0 else None
-    loss, code, it = _sweeps(u_start, grid_u, jnp.asarray(idx), jnp.asarray(np.stack(masks)),
-                             jnp.asarray(np.stack(Ss), dtype),
-                             jnp.asarray(np.stack(rows), dtype), setup.params, ev_w,
-                             jnp.asarray(cfg.prior_weight, dtype), setup.forcing,
-                             setup.targets, space, _Settings.of(cfg), gtol, ftol, devices)
-    loss, code, it = np.asarray(loss), np.asarray(code), np.asarray(it)
+    loss, status, it = _sweeps(u_start, grid_u, jnp.asarray(idx),
+                               jnp.asarray(np.stack(masks)), jnp.asarray(np.stack(Ss), dtype),
+                               jnp.asarray(np.stack(rows), dtype), _objective(setup), lm,
+                               gtol, ftol, devices)
+    loss, status, it = np.asarray(loss), np.asarray(status), np.asarray(it)
     s, _, _ = _data_scale(setup) if scale else (1.0, None, None)
     out = []
     for k, n in enumerate(names):
         lo_s, hi_s = 2 * k, 2 * k + 1
         # Down sweep reversed (ascending x) + up sweep without its first point (the centre).
         L = np.concatenate([loss[::-1, lo_s], loss[1:, hi_s]])
-        C = np.concatenate([code[::-1, lo_s], code[1:, hi_s]])
+        C = np.concatenate([status[::-1, lo_s], status[1:, hi_s]])
         N = np.concatenate([it[::-1, lo_s], it[1:, hi_s]])
         m = grids[k].size // 2
         # The centre was fitted by both sweeps (same start, same point): keep the lower.
         if np.isfinite(loss[0, hi_s]) and not loss[0, hi_s] >= L[m]:
-            L[m], C[m], N[m] = loss[0, hi_s], code[0, hi_s], it[0, hi_s]
-        usable = C < 3
+            L[m], C[m], N[m] = loss[0, hi_s], status[0, hi_s], it[0, hi_s]
+        usable = C != FAILED
         x = grids[k]
         if usable.any():
             lmin, xmin = _profile_minimum(x, L, usable)
@@ -393,11 +390,8 @@ def profile(setup: ProfileSetup, names=DEFAULT_PROFILED, *, points: int = 41,
 
 
 @eqx.filter_jit
-def _point_residuals(v, u_base, cols, mask, rows, ev_w, prior_w, base, forcing, targets,
-                     space, settings):
-    u = u_base.at[cols].set(v)
-    return _objective_residuals(u, base, mask, rows, ev_w, prior_w, forcing, targets, space,
-                                settings)
+def _point_residuals(v, u_base, cols, objective: Objective):
+    return objective.residuals(u_base.at[cols].set(v))
 
 
 def point_residual_fn(setup: ProfileSetup, name: str, value: float,
@@ -412,23 +406,22 @@ def point_residual_fn(setup: ProfileSetup, name: str, value: float,
     mask, S, pr = _point_arrays(setup, name, profiled_prior, max(len(setup.free), 1))
     free = np.sum(S, axis=1) > 0
     p = setup.params.replace(**{name: jnp.asarray(value, dtype)})
-    args = (_stack(space, space.to_unconstrained(p)), jnp.asarray(np.flatnonzero(free)),
-            jnp.asarray(mask), jnp.asarray(pr, dtype),
-            jnp.asarray(1.0 if setup.events else 0.0, dtype),
-            jnp.asarray(setup.cfg.prior_weight, dtype), setup.params, setup.forcing,
-            setup.targets, space, _Settings.of(setup.cfg))
+    obj = dataclasses.replace(_objective(setup), mask=jnp.asarray(mask),
+                              prior_rows=jnp.asarray(pr, dtype))
+    u_base = space.vector_to_unconstrained(space.stack(p))
+    cols = jnp.asarray(np.flatnonzero(free))
 
     def fn(v):
-        return np.asarray(_point_residuals(jnp.asarray(v, dtype), *args))
+        return np.asarray(_point_residuals(jnp.asarray(v, dtype), u_base, cols, obj))
 
-    v0 = np.asarray(_stack(space, space.to_unconstrained(space.prior_values(dtype))))[free]
+    v0 = np.asarray(space.vector_to_unconstrained(space.stack(space.prior_values(dtype))))[free]
     return fn, v0
 
 
 def setup_from_calibration(cal) -> ProfileSetup:
     """The :class:`ProfileSetup` of a finished ``calibrate_site`` (its estimate, training
     targets, calibrated set and whether its objective held the event constraints)."""
-    from ..fit._site import fitted_names, training_targets
+    from ..fit import fitted_names, training_targets
 
     run = [(st, res) for st, res in zip(cal.config.stages, cal.stages) if res.skipped is None]
     free = fitted_names(cal.stages)
@@ -437,95 +430,3 @@ def setup_from_calibration(cal) -> ProfileSetup:
                                cal.params.dtype)
     return ProfileSetup(cal.space, cal.params, cal.forcing, targets, tuple(free), cal.config,
                         events)
-
-
-def plot_profiles(profiles, path, title: str = ""):
-    """Deviance against the parameter per profile: the 3.84 line (chi2_1, 95%), the
-    estimate, the interval's ends (dashed where open) and the failed points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(profiles)
-    fig, axes = plt.subplots(1, n, squeeze=False, figsize=(4.2 * n, 3.4))
-    for ax, p in zip(axes[0], profiles):
-        ok = p.status < 3
-        ax.plot(p.x[ok], p.deviance[ok], "o-", ms=3, color="C0", label="profile")
-        for code, mark, label in ((1, "s", "not converged"),
-                                  (2, "^", "converged, a refitted parameter at its bound")):
-            sel = p.status == code
-            if sel.any():
-                ax.plot(p.x[sel], p.deviance[sel], mark, ms=5, mfc="none",
-                        color="C1" if code == 1 else "C4", label=label)
-        if (~ok).any():
-            top = np.nanmax(p.deviance) if np.isfinite(p.deviance).any() else CHI2_95
-            ax.plot(p.x[~ok], np.full(int(np.sum(~ok)), top), "x", color="C3",
-                    label="failed")
-        ax.axhline(CHI2_95, color="k", lw=0.8, ls=":", label="3.84 (95%, chi2_1)")
-        ax.axvline(p.estimate, color="C2", lw=1.0, label=f"estimate {p.estimate:.4g}")
-        for end, is_open in ((p.ci[0], p.open_lower), (p.ci[1], p.open_upper)):
-            if np.isfinite(end):
-                ax.axvline(end, color="C3", lw=0.9, ls="--" if is_open else "-")
-        ax.set_xlabel(f"{p.name} [{p.units}]", fontsize=9)
-        ax.set_ylabel("deviance 2 (L - L_min) / s (dimensionless)", fontsize=8)
-        flat = " (flat)" if p.flat else ""
-        ax.set_title(f"{p.name}: 95% [{p.ci[0]:.4g}, {p.ci[1]:.4g}]{flat}", fontsize=9)
-        ax.legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-PROFILE_SCHEMA = {
-    "profile.csv": "parameter, value (physical units), loss (0.5 |r|^2 of the refit), "
-    "deviance (2 (loss - loss_min) / deviance_scale), status (ok, not_converged, at_bound, "
-    "failed), lm_iterations, is_estimate (the grid centre)",
-    "profile.json": "settings, and per parameter: estimate, profile_minimum_at, loss_min, "
-    "deviance_scale (max(1, chi2/dof)), CI_95_LR [lo, hi] (an open side gives the grid end), "
-    "open_lower, open_upper, flat, max_deviance, grid, points, status counts, "
-    "failed_points (grid indices), refitted (the parameters refitted at each point)",
-}
-
-
-def write_profile(profiles, folder, settings: dict, title: str = "") -> list[str]:
-    """profile.csv, profile.json and profile.png into ``folder``; returns the file names."""
-    import json
-    from pathlib import Path
-
-    import pandas as pd
-
-    from ..report._calibration import _num
-
-    folder = Path(folder)
-    rows = []
-    for p in profiles:
-        m = p.x.size // 2
-        for i in range(p.x.size):
-            rows.append({"parameter": p.name, "value": float(p.x[i]),
-                         "loss": float(p.loss[i]), "deviance": float(p.deviance[i]),
-                         "status": POINT_STATUS[int(p.status[i])],
-                         "lm_iterations": int(p.n_iter[i]), "is_estimate": i == m})
-    pd.DataFrame(rows).to_csv(folder / "profile.csv", index=False, float_format="%.10g")
-    doc = {"settings": settings, "chi2_1_95": CHI2_95, "schema": PROFILE_SCHEMA,
-           "profiles": [p.summary() for p in profiles]}
-    (folder / "profile.json").write_text(json.dumps(_num(doc), indent=2))
-    plot_profiles(profiles, folder / "profile.png", title)
-    return ["profile.csv", "profile.json", "profile.png"]
-
-
-def report_fragment(profiles) -> str:
-    """A markdown section for the calibrate report (``_report.report_html`` renders it):
-    one row per profile with its LR interval and flags."""
-    lines = ["## Profile likelihood", "",
-             "| parameter | estimate | 95% LR interval | open | flat | failed points |",
-             "|---|---|---|---|---|---|"]
-    for p in profiles:
-        side = ", ".join(s for s, o in (("lower", p.open_lower), ("upper", p.open_upper))
-                         if o) or "no"
-        lines.append(f"| {p.name} | {p.estimate:.4g} | [{p.ci[0]:.4g}, {p.ci[1]:.4g}] | "
-                     f"{side} | {'yes' if p.flat else 'no'} | {len(p.failed)} |")
-    return "\n".join(lines + ["", "Deviance 2 (L - L_min) / max(1, chi2/dof) against "
-                              "3.84 (chi2_1, 95%); an open side ends at the grid edge.", ""])

@@ -18,9 +18,8 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from ..model._field import LAYER_DEPTHS_M, SOM_PER_C
-from ..model._params import Params
-from ..solve._simulate import Simulation
+from ..model import LAYER_DEPTHS_M, SOM_PER_C, Params
+from ..solve import Simulation
 
 __all__ = ["QoI", "QoIContext", "make_qoi", "column_mean", "column_at", "runoff_decrease",
            "water_yield_decrease", "soc_sequestration", "v_crit", "COLUMNS", "QOI_HELP",
@@ -169,7 +168,7 @@ def v_crit(ctx: QoIContext, n_grid: int = 128) -> QoI:
     No solve; heavier per member than a solve (use a smaller N)."""
     if ctx.MAP_mm is None:
         raise ValueError("V_crit needs the site's MAP")
-    from ..model._equilibria import Climate, equilibria
+    from ..model import Climate, equilibria
 
     MAP, inten = float(ctx.MAP_mm), float(ctx.intensity)
 

@@ -15,8 +15,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._forcing import Forcing
-from ..model._params import Params, ParamSpace
+from ..model import Forcing, Params, ParamSpace
 from ._dgsm import DGSM, dgsm, model_unit_fn, widths_of
 from ._evaluate import DEFAULT_CHUNK, ChunkStore, Evaluation, evaluate
 from ._qoi import QoI

@@ -62,8 +62,8 @@ def site_bootstrap(cal, **kw):
     """The block bootstrap of a :class:`SiteCalibration`: its training targets (spreads
     from the training cells, holdout masked, as ``calibrate_site``), its fitted
     parameters, its config (``bootstrap_study`` keywords in ``kw``)."""
-    from ..analysis._bootstrap import bootstrap_study
-    from ..fit._site import fitted_names, training_targets
+    from ..analysis import bootstrap_study
+    from ..fit import fitted_names, training_targets
 
     targets = training_targets(cal.observations, cal.forcing, cal.holdout_years,
                                cal.params.dtype)
@@ -109,8 +109,13 @@ def site_profiles_and_identifiability(cal, boot_res, t0: float):
 
     import numpy as np
 
-    from ..analysis import DEFAULT_PROFILED, identify_data, identify_sample, profile
-    from ..analysis._profile import setup_from_calibration
+    from ..analysis import (
+        DEFAULT_PROFILED,
+        identify_data,
+        identify_sample,
+        profile,
+        setup_from_calibration,
+    )
 
     setup = setup_from_calibration(cal)
     profs = None
@@ -135,10 +140,7 @@ def site_profiles_and_identifiability(cal, boot_res, t0: float):
 def write_profiles_and_identifiability(profs, idents, folder: Path, site: str) -> list[str]:
     """``profile/`` and ``identify/`` subfolders of a calibrate output (the files of
     ``regv1 profile`` and ``regv1 identify``); returns the report sections (markdown)."""
-    from ..analysis._identify import report_fragment as identify_fragment
-    from ..analysis._identify import write_identify
-    from ..analysis._profile import report_fragment as profile_fragment
-    from ..analysis._profile import write_profile
+    from ..report import identify_fragment, profile_fragment, write_identify, write_profile
 
     sections = []
     if profs:
@@ -203,9 +205,9 @@ def bootstrap(site, data, region, config_file, start, end, holdout, out, force, 
     out_path = prepare_out_dir(out, force)
     cfg, s, space, obs, ftable, y0, y1 = calibration_inputs(
         site, data, region, config_file, start, end, None, None, None, holdout, None, None)
-    from ..fit._site import calibrate_site
-    from ..io._sites import site_forcing
-    from ..report._calibration import write_bootstrap
+    from ..fit import calibrate_site
+    from ..io import site_forcing
+    from ..report import write_bootstrap
 
     t0 = time.time()
     with compute_context(dtype, no_cache) as jdtype, cli_errors():

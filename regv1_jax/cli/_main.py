@@ -25,10 +25,9 @@ from pathlib import Path
 
 import click
 
-from ..io._checks import observation_warnings, params_file_warnings, year_range_warnings
-from ..io._observations import DataError
-from ..model._params import ParameterError
-from ..report._outputs import (
+from ..io import DataError, observation_warnings, params_file_warnings, year_range_warnings
+from ..model import ParameterError
+from ..report import (
     OutputError,
     atomic_files,
     atomic_out_dir,
@@ -64,7 +63,7 @@ CACHE_HELP = (
 
 # --- shared helpers (reused by every command) ----------------------------------------------
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..fit._config import CalibrationError
+    from ..fit import CalibrationError
 
     return (DataError, ParameterError, CalibrationError, OutputError, ValueError)
 
@@ -98,7 +97,7 @@ def _read_forcing(path):
     """``--forcing``: the per-year forcing table (None without the option)."""
     if not path:
         return None
-    from ..io._sites import read_forcing_csv
+    from ..io import read_forcing_csv
 
     return read_forcing_csv(path)
 
@@ -127,7 +126,7 @@ def _override(space, params_file):
     CI_95 (inside the physical bounds) is accepted with a warning."""
     import warnings
 
-    from ..model._params import ParameterWarning
+    from ..model import ParameterWarning
 
     if not params_file:
         return space.prior_values()
@@ -243,8 +242,8 @@ def simulation_table(sim):
 
 def _load_site(site: str, data: str | None, region: str | None):
     """The site and its region's parameter space, with the data's plausibility warnings."""
-    from ..io._sites import get_site
-    from ..model._params import load_param_space
+    from ..io import get_site
+    from ..model import load_param_space
 
     s = get_site(site, data=data, region=region)
     space = load_param_space(s.region)
@@ -272,10 +271,10 @@ def sites():
     Names work with --site of simulate and calibrate; the files are read from the
     installed package's data folder."""
     from .._paths import data_dir
-    from ..io._sites import _registry
+    from ..io import site_registry
 
     with cli_errors():
-        reg = _registry()
+        reg = site_registry()
         root = data_dir()
     rows = [("site", "region", "data file", "MAP_mm", "planting")]
     for name in sorted(reg):
@@ -340,25 +339,26 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
     if dry_run:
         click.echo("inputs ok (dry run): nothing computed, nothing written")
         return
-    from ..io._sites import site_forcing
-    from ..solve import _simulate as _solve
+    from ..io import site_forcing
+    from ..solve import STATUS_MESSAGES
+    from ..solve import simulate as run_simulate
 
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
         # A one-year run solves two years and keeps the first: the solver needs a forcing
         # date inside the run, and a later year cannot change an earlier one.
         forcing = site_forcing(s, start, max(end, start + 1), planting=not no_planting,
                                forcing_table=ftable)
-        sim = _solve.simulate(params.astype(jdtype), forcing, method=method)
+        sim = run_simulate(params.astype(jdtype), forcing, method=method)
         status = int(sim.status)
         if status != 0:
             raise click.ClickException(
-                f"the solve failed: {_solve.STATUS_MESSAGES[status]}")
+                f"the solve failed: {STATUS_MESSAGES[status]}")
         table = simulation_table(sim).iloc[: end - start + 1]
     targets = [out_path] + ([plot_path] if plot_path else [])
     with cli_errors(), atomic_files(targets) as tmps:
         table.to_csv(tmps[0], index=False, float_format="%.6g")
         if plot_path is not None:
-            from ..report._figures import plot_simulation
+            from ..report import plot_simulation
 
             src = s.data_file.name if s.data_file is not None else ""
             plot_simulation(table, s.observations, tmps[1],
@@ -379,7 +379,7 @@ def simulate(site, region, start, end, out, params_file, data, plot, method, dty
 def _show_config(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from ..fit._config import CONFIG_KEYS, config_document
+    from ..fit import CONFIG_KEYS, config_document
 
     click.echo("# --config FILE.json: a JSON object with any of these keys (absent keys keep "
                "the defaults below)")
@@ -390,7 +390,7 @@ def _show_config(ctx, _param, value):
 
 
 def _config_help() -> str:
-    from ..fit._config import CONFIG_KEYS
+    from ..fit import CONFIG_KEYS
 
     return ("JSON calibration config with any of the keys " + ", ".join(CONFIG_KEYS)
             + " (--show-config prints the defaults and what each key means).")
@@ -456,9 +456,9 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
     if dry_run:
         click.echo("inputs ok (dry run): nothing computed, nothing written")
         return
-    from ..fit._site import calibrate_site
-    from ..io._sites import site_forcing
-    from ..report._calibration import write_outputs
+    from ..fit import calibrate_site
+    from ..io import site_forcing
+    from ..report import write_outputs
 
     t0 = time.time()
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
@@ -507,7 +507,7 @@ def calibration_inputs(site, data, region, config_file, start, end, n_starts, me
     import dataclasses
 
     with cli_errors():
-        from ..fit._config import CalibrationConfig, load_config
+        from ..fit import CalibrationConfig, load_config
 
         cfg = load_config(config_file) if config_file else CalibrationConfig()
         kw = {k: v for k, v in (("n_starts", n_starts), ("method", method), ("seed", seed))
@@ -520,7 +520,7 @@ def calibration_inputs(site, data, region, config_file, start, end, n_starts, me
             raise DataError(f"site {site!r} has no bundled data: pass --data FILE.csv")
         for st in cfg.stages:
             st.check(space)
-        from ..io._observations import convert_gauge
+        from ..io import convert_gauge
 
         area = area_km2 if area_km2 is not None else s.area_km2
         obs = convert_gauge(s.observations, area)
@@ -591,15 +591,15 @@ def equilibria(region, map_mm, sweep, params_file, intensity, planting, out, for
                                  param_hint="--sweep") from None
     out_path = prepare_out_dir(out, force)
     with cli_errors():
-        from ..model._params import load_param_space
+        from ..model import load_param_space
 
         space = load_param_space(region)
         if params_file:
             for w in params_file_warnings(params_file, region):
                 warn(w)
         params = _override(space, params_file)
-    from ..model._equilibria import Climate, bifurcation
-    from ..model._equilibria import equilibria as find_equilibria
+    from ..model import Climate, bifurcation
+    from ..model import equilibria as find_equilibria
 
     rain = np.linspace(lo, hi, n)
     with compute_context(dtype, no_cache) as jdtype, cli_errors():
@@ -646,7 +646,7 @@ def equilibria(region, map_mm, sweep, params_file, intensity, planting, out, for
                 for v, s_, t, ev, st in zip(*(np.asarray(a)[ok] for a in (
                     at.V, at.SOM, at.theta, at.max_real_eig, at.stable)))]}
     doc = command_manifest({"params": params_file}, dtype=dtype, region=region)
-    from ..report._figures import plot_bifurcation
+    from ..report import plot_bifurcation
 
     with out_dir_writer(out_path, doc) as tmp:
         rows[rows["valid"]].drop(columns="valid").to_csv(
@@ -667,9 +667,9 @@ def equilibria(region, map_mm, sweep, params_file, intensity, planting, out, for
 
 def _default_site(region: str) -> str:
     """The first registry site of ``region`` (the forcing of a region-only Sobol' study)."""
-    from ..io._sites import _registry
+    from ..io import site_registry
 
-    for name, entry in _registry().items():
+    for name, entry in site_registry().items():
         if entry.get("region") == region:
             return name
     raise ParameterError(f"no site of region {region!r} in the registry; give --site")
@@ -737,8 +737,8 @@ def sobol(region, site, qoi, params_subset, n_base, second_order, dgsm_n, seed, 
     out_path = prepare_out_dir(out, force)
     with cli_errors():
         from ..analysis import DEFAULT_SUBSET, QoIContext, make_qoi
-        from ..io._sites import get_site
-        from ..model._params import load_param_space
+        from ..io import get_site
+        from ..model import load_param_space
 
         if region is not None:
             load_param_space(region)  # an unknown region is named before the site
@@ -764,8 +764,8 @@ def sobol(region, site, qoi, params_subset, n_base, second_order, dgsm_n, seed, 
     import jax
 
     from ..analysis import sobol_study
-    from ..io._sites import site_forcing
-    from ..report._sobol import write_sobol
+    from ..io import site_forcing
+    from ..report import write_sobol
 
     chunks_dir = Path(str(out_path) + ".chunks")
     if not resume and chunks_dir.exists():

@@ -59,8 +59,8 @@ def _common(f):
 
 def _read_calibration(folder: str, space, site: str) -> dict:
     """The estimate, calibrated set and holdout of a ``regv1 calibrate`` folder."""
-    from ..fit._config import CalibrationError
-    from ..model._params import PARAM_NAMES
+    from ..fit import CalibrationError
+    from ..model import PARAM_NAMES
 
     path = Path(folder) / "params.json"
     if not path.exists():
@@ -113,8 +113,8 @@ def _point_fit(cfg, s, space, y0, y1, calib, t0):
     import jax.numpy as jnp
 
     from ..analysis import ProfileSetup, setup_from_calibration
-    from ..fit._site import calibrate_site, resolve_holdout, training_targets
-    from ..io._sites import site_forcing
+    from ..fit import calibrate_site, resolve_holdout, training_targets
+    from ..io import site_forcing
 
     forcing = site_forcing(s, y0, y1)
     prior = space.prior_values(jnp.float64)
@@ -174,8 +174,8 @@ def profile_cmd(site, data, region, from_cal, config_file, start, end, holdout, 
         if len(set(names)) != len(names):
             raise ValueError(f"--param names a parameter twice: {list(params)}")
     out_path = prepare_out_dir(out, force)
-    from ..analysis import profile
-    from ..analysis._profile import PROFILE_LM_STEPS, write_profile
+    from ..analysis import PROFILE_LM_STEPS, profile
+    from ..report import write_profile
 
     t0 = time.time()
     with compute_context("float64", no_cache), cli_errors():
@@ -227,7 +227,8 @@ def identify_cmd(site, data, region, from_cal, config_file, start, end, holdout,
 
     Writes correlation.csv, vif.csv, sloppy.csv, identify.json, correlation.png and
     manifest.json into OUT."""
-    from ..analysis import identify_data, identify_sample, read_replicates, write_identify
+    from ..analysis import identify_data, identify_sample, read_replicates
+    from ..report import write_identify
 
     cfg, s, space, y0, y1, calib = _inputs(site, data, region, from_cal, config_file, start,
                                            end, holdout)

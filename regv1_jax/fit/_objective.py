@@ -13,19 +13,18 @@ import dataclasses
 from collections.abc import Mapping
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from ..io._observations import OBSERVED, Observations
-from ..model._field import infiltration_cover
-from ..model._forcing import Forcing
-from ..model._params import Params
-from ..solve._simulate import Simulation
+from ..io import OBSERVED, Observations
+from ..model import Forcing, Params, ParamSpace, infiltration_cover
+from ..solve import AbstractSolver, Simulation, simulate
 
 __all__ = ["TARGET_VARIABLES", "DEFAULT_SPREADS", "Targets", "make_targets", "simulated",
            "data_residuals", "EventConstraints", "SEED_EVENTS", "event_residuals",
-           "event_ratios"]
+           "event_ratios", "Objective", "variable_weights"]
 
 # Every observed column except the rainfall forcing.
 TARGET_VARIABLES = tuple(c for c in OBSERVED if c != "rainfall_mm")
@@ -181,3 +180,75 @@ def event_residuals(p: Params, ev: EventConstraints) -> Float[Array, " m"]:
     r_sed = jnp.sqrt(w) * (jnp.log(sed) - jnp.log(target)) / ev.sigma_log
     r_inf = (infil - ev.infiltration_gain) / ev.sigma_infiltration
     return jnp.concatenate([r_sed, r_inf[None]])
+
+
+def variable_weights(variables, dtype=None) -> Float[Array, " n_vars"]:
+    """1 for each of ``TARGET_VARIABLES`` in ``variables``, else 0."""
+    return jnp.asarray([1.0 if v in variables else 0.0 for v in TARGET_VARIABLES], dtype)
+
+
+class Objective(eqx.Module):
+    """The MAP objective of a fit on the unconstrained vector ``u`` (every parameter):
+    ``0.5 |residuals(u)|^2`` is the negative log posterior up to a constant.
+
+    Rows: the data residuals of ``TARGET_VARIABLES`` (each variable weighted by ``var_w``,
+    each cell by ``cell_w`` when given: ``(len(TARGET_VARIABLES) * n_years,)`` in the order
+    of :func:`data_residuals`), the event constraints (weight ``ev_w``) and one prior row per
+    parameter (``prior_w`` times the standardised prior where ``mask``, times
+    ``prior_rows`` when given).  Where ``mask`` is False a parameter is ``base``'s, exactly
+    and with no gradient.
+    """
+
+    base: Params
+    mask: Bool[Array, " n_params"]
+    var_w: Float[Array, " n_vars"]
+    ev_w: Float[Array, ""]
+    prior_w: Float[Array, ""]
+    forcing: Forcing
+    targets: Targets
+    space: ParamSpace
+    solver: AbstractSolver
+    events: EventConstraints = SEED_EVENTS
+    cell_w: Float[Array, " cells"] | None = None
+    prior_rows: Float[Array, " n_params"] | None = None
+
+    @property
+    def n_params(self) -> int:
+        return len(self.space.specs)
+
+    def params(self, u: Float[Array, " n_params"]) -> Params:
+        """Physical parameters at ``u`` (``base`` where not ``mask``)."""
+        x = jnp.where(self.mask, self.space.vector_to_constrained(u),
+                      jax.lax.stop_gradient(self.space.stack(self.base)))
+        return self.space.unstack(x)
+
+    def residuals(self, u: Float[Array, " n_params"]) -> Float[Array, " rows"]:
+        """Stacked residuals: data, event constraints, prior (the last ``n_params``)."""
+        x = jnp.where(self.mask, self.space.vector_to_constrained(u),
+                      jax.lax.stop_gradient(self.space.stack(self.base)))
+        p = self.space.unstack(x)
+        sim = simulate(p, self.forcing, solver=self.solver)
+        n = self.forcing.n_years
+        r_data = data_residuals(sim, self.targets, TARGET_VARIABLES) * jnp.repeat(
+            jnp.sqrt(self.var_w), n)
+        if self.cell_w is not None:
+            r_data = r_data * jnp.sqrt(self.cell_w)
+        r_ev = jnp.sqrt(self.ev_w) * event_residuals(p, self.events)
+        r_prior = jnp.sqrt(self.prior_w) * jnp.where(self.mask,
+                                                      self.space.vector_standardised(x), 0.0)
+        if self.prior_rows is not None:
+            r_prior = r_prior * self.prior_rows
+        return jnp.concatenate([r_data, r_ev, r_prior])
+
+    def loss(self, u: Float[Array, " n_params"]) -> Float[Array, ""]:
+        """``0.5 |residuals(u)|^2``."""
+        r = self.residuals(u)
+        return 0.5 * jnp.sum(r**2)
+
+    def for_jacobian(self) -> Objective:
+        """The same objective with the solver set up for ``jax.jacfwd``."""
+        return dataclasses.replace(self, solver=self.solver.for_jacobian())
+
+    def for_gradient(self) -> Objective:
+        """The same objective with the solver set up for ``jax.grad``."""
+        return dataclasses.replace(self, solver=self.solver.for_gradient())

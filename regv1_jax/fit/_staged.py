@@ -1,14 +1,16 @@
 """The staged fit as one pure, jitted function: data in, :class:`FitResult` out.
 
 ``fit_staged`` runs every stage of a config inside one ``lax.scan`` (stage masks, variable
-weights and starts are arrays, so all stages share one trace), every start of a stage under
-``vmap``, picks the best start on the device (``argmin`` over finite losses), holds the free
-parameters that no data row is sensitive to, and returns per-stage status codes instead of
-raising.  Per-cell weights (``cell_w``) make it the seam for bootstrap (resampling by
-weights) and profiles: ``jax.vmap(fit_staged, in_axes=(None, ..., 0))`` over weight vectors.
+weights and starts are arrays, so all stages share one trace: :func:`stage_step` is the
+body), every start of a stage under ``vmap``, picks the best start on the device
+(``argmin`` over finite losses), holds the free parameters that no data row is sensitive
+to, and returns per-stage status codes (``RESULTS``) instead of raising.  Per-cell weights
+(``cell_w``) make it the seam for bootstrap (resampling by weights) and profiles:
+``jax.vmap(fit_staged, in_axes=(None, ..., 0))`` over weight vectors.
 
-The host pipeline (``calibrate_stages``, and through it ``regv1 calibrate``) calls this
-function once and only turns its :class:`FitResult` into the per-stage report records.
+The solver and the optimiser are objects in :class:`FitSettings` (static: hashable
+modules); the host pipeline (``calibrate_stages``) calls this function once and only turns
+its :class:`FitResult` into the per-stage report records.
 """
 
 from __future__ import annotations
@@ -21,50 +23,28 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..model._forcing import Forcing
-from ..model._params import Params, ParamSpace
-from ._config import (
-    MAX_FREE,
-    CalibrationConfig,
-    CalibrationError,
-    Stage,
-    _adam,
-    _levenberg_marquardt,
-    _mask_tree,
-    _optimise,
-    _residuals,
-    _Settings,
-    _stack,
-    _unstack,
-)
-from ._objective import TARGET_VARIABLES, Targets
+from ..model import Forcing, Params, ParamSpace
+from ..status import code
+from ._config import CalibrationError, FitSettings, Stage
+from ._objective import TARGET_VARIABLES, Objective, Targets, variable_weights
+from ._optimise import AbstractOptimiser
 
-__all__ = ["FitResult", "StageCode", "StagedProblem", "staged_problem", "fit_staged"]
+__all__ = ["FitResult", "StagedProblem", "staged_problem", "fit_staged",
+           "stage_step", "cell_weights", "STAGE_CODES", "AT_BOUND_U", "trace_count"]
 
-
-class StageCode(eqx.Enumeration):
-    ok = "converged"
-    not_converged = "stopped before the convergence test passed"
-    at_bound = "a fitted parameter ended at its physical bound (no convergence claimed)"
-    skipped = "not run: no data constraint (or too few without a prior)"
-    failed = "every start diverged; parameters left at their incoming values"
-
-
-# Integer codes in FitResult.status (the order of StageCode).
-CODES = {"ok": 0, "not_converged": 1, "at_bound": 2, "skipped": 3, "failed": 4}
-TRACES = [0]
+# Stage status words (StageResult.status) and their RESULTS codes (FitResult.status).
+STAGE_CODES = {"ok": code("successful"), "not_converged": code("not_converged"),
+               "at_bound": code("at_bound"), "skipped": code("skipped"),
+               "failed": code("failed")}
 AT_BOUND_U = float(np.log((1 - 1e-3) / 1e-3))  # |u| beyond this: within 0.1% of a bound
 
 
 class FitResult(eqx.Module):
-    """What ``fit_staged`` returns (leading batch axes under ``vmap``).
-
-    The first seven fields are the original interface; the rest (added for the host
-    report, ``calibrate_stages``) describe each stage's optimisation."""
+    """What ``fit_staged`` returns (leading batch axes under ``vmap``)."""
 
     u: Float[Array, " n_params"]  # final unconstrained vector (all parameters)
     params: Params  # final physical parameters
-    status: Int[Array, " stages"]  # CODES
+    status: Int[Array, " stages"]  # RESULTS codes (STAGE_CODES)
     loss: Float[Array, " stages"]  # best start's final loss per stage
     best_start: Int[Array, " stages"]
     fitted: Bool[Array, "stages n_params"]  # free and sensitive to the data
@@ -95,8 +75,20 @@ class StagedProblem(eqx.Module):
     starts: Float[Array, "stages n_draws n_params"]
 
 
+class _Carry(eqx.Module):
+    x: Float[Array, " n_params"]  # physical values after the stages so far
+    ruled_out: Bool[Array, " n_params"]  # free in an earlier stage that could not fit them
+
+
+class _StageInputs(eqx.Module):
+    mask: Bool[Array, " n_params"]
+    var_w: Float[Array, " n_vars"]
+    ev_w: Float[Array, ""]
+    draws: Float[Array, "n_draws n_params"]
+
+
 def staged_problem(space: ParamSpace, stages: tuple[Stage, ...], n_starts: int, key,
-                   dtype=jnp.float64, optimizer: str = "lm",
+                   dtype=jnp.float64, optimiser: AbstractOptimiser | None = None,
                    pad_to: int | None = None) -> StagedProblem:
     """Stage masks, variable and event weights, and the prior draws that start each stage
     (``n_starts - 1`` per stage; the warm start is the incoming vector).
@@ -104,18 +96,18 @@ def staged_problem(space: ParamSpace, stages: tuple[Stage, ...], n_starts: int, 
     ``pad_to``: append stages with no free parameter and no data (always skipped, at no
     cost) up to this many, so that configs with fewer stages share one compiled fit.
     Raises :class:`CalibrationError` for a bad stage before any compute."""
+    width = getattr(optimiser, "width", None)
     for st in stages:
         st.check(space)
-        if optimizer == "lm" and len(st.free) > MAX_FREE:
+        if width is not None and len(st.free) > width:
             raise CalibrationError(f"stage {st.name!r}: {len(st.free)} free parameters; "
-                                   f"optimizer 'lm' takes at most {MAX_FREE} (use 'lbfgs')")
-    masks = jnp.stack([_stack(space, _mask_tree(space, st.free)) for st in stages])
-    var_w = jnp.asarray([[1.0 if v in st.variables else 0.0 for v in TARGET_VARIABLES]
-                         for st in stages], dtype)
+                                   f"optimizer 'lm' takes at most {width} (use 'lbfgs')")
+    masks = jnp.stack([space.mask(st.free) for st in stages])
+    var_w = jnp.stack([variable_weights(st.variables, dtype) for st in stages])
     ev_w = jnp.asarray([1.0 if st.events else 0.0 for st in stages], dtype)
     n_draws = max(n_starts - 1, 1)
     draws = jnp.stack([
-        _stack(space, space.to_unconstrained(
+        space.vector_to_unconstrained(space.stack(
             space.sample_prior(jax.random.fold_in(key, i), n_draws, dtype=dtype)))
         for i in range(len(stages))])[:, : max(n_starts - 1, 0)]
     n_pad = max((pad_to or 0) - len(stages), 0)
@@ -127,138 +119,164 @@ def staged_problem(space: ParamSpace, stages: tuple[Stage, ...], n_starts: int, 
     return StagedProblem(masks, var_w, ev_w, draws)
 
 
+class _StageOutput(eqx.Module):
+    status: Int[Array, ""]
+    loss: Float[Array, ""]
+    best_start: Int[Array, ""]
+    fitted: Bool[Array, " n_params"]
+    n_iter: Int[Array, ""]
+    values: Float[Array, " n_params"]
+    initial_loss: Float[Array, ""]
+    grad_norm: Float[Array, ""]
+    loss_change: Float[Array, ""]
+    start_losses: Float[Array, " starts"]
+    finite_starts: Bool[Array, " starts"]
+    held: Bool[Array, " n_params"]
+    at_bound: Bool[Array, " n_params"]
+    n_constraints: Int[Array, ""]
+    kept: Bool[Array, " n_params"]
+
+
+def stage_step(carry: _Carry, stage: _StageInputs, *, counts, objective: Objective,
+               settings: FitSettings) -> tuple[_Carry, _StageOutput]:
+    """One stage from ``carry``: every start under ``vmap`` (the incoming vector and the
+    stage's prior draws on its free coordinates), the best finite start, the held and
+    at-bound parameters, the status code.  ``objective``: the fit's objective with this
+    stage's mask and weights still to be set; ``counts``: observed cells per variable."""
+    space = objective.space
+    kept = stage.mask & carry.ruled_out
+    mask_vec = stage.mask & ~carry.ruled_out
+    base_s = space.unstack(carry.x)
+    u_in = space.vector_to_unconstrained(carry.x)
+    n_ev = settings.events.size
+    n_con = jnp.sum(jnp.where(stage.var_w > 0, counts, 0)) + jnp.where(stage.ev_w > 0, n_ev, 0)
+    n_free = jnp.sum(mask_vec)
+    skip = (n_con == 0) | ((n_con < n_free) & (objective.prior_w <= 0)) | (n_free == 0)
+    obj = dataclasses.replace(objective, base=base_s, mask=mask_vec, var_w=stage.var_w,
+                              ev_w=stage.ev_w)
+    fwd, rev = obj.for_jacobian(), obj.for_gradient()
+    # Rows of data and events (their Jacobian columns are the sensitivity): all but the
+    # prior rows.
+    n_data = len(TARGET_VARIABLES) * objective.forcing.n_years + settings.events.size
+    u0s = jnp.concatenate([u_in[None], jnp.where(mask_vec, stage.draws, u_in)], axis=0)
+    n_starts = u0s.shape[0]
+    optimiser = settings.optimiser
+
+    def one(u0):
+        res = optimiser.minimise(fwd.residuals, rev.loss, u0, mask_vec, n_data)
+        return res.u, res.trace, res.grad, res.n_iter.astype(jnp.int32), res.sensitivity
+
+    def run(_):
+        return jax.vmap(one)(u0s)
+
+    def none(_):
+        z = jnp.zeros_like(u0s)
+        return (u0s, jnp.full((n_starts, optimiser.n_trace), jnp.nan, u0s.dtype), z,
+                jnp.zeros((n_starts,), jnp.int32), z)
+
+    u, traces, grads, n_it, sens = jax.lax.cond(skip, none, run, None)
+    final = traces[:, -1]
+    finite = jnp.isfinite(final) & jnp.all(jnp.isfinite(u), axis=1)
+    best = jnp.argmin(jnp.where(finite, final, jnp.inf))
+    failed = ~jnp.any(finite)
+    s_best = sens[best]
+    s_max = jnp.max(jnp.where(mask_vec & jnp.isfinite(s_best), s_best, 0.0))
+    fitted = mask_vec & jnp.isfinite(s_best) & (s_best > 1e-9 * jnp.maximum(s_max, 1e-300))
+    # At a physical bound the column is zero because the transform is saturated: such a
+    # parameter stays at the bound (status at_bound), it is not held.
+    near = mask_vec & (jnp.abs(u[best]) >= AT_BOUND_U)
+    fitted = (fitted & (s_best > 0)) | near
+    x_new = jnp.where(fitted, space.vector_to_constrained(u[best]), carry.x)
+    loss_b = final[best]
+    tail = traces[best, -11:]
+    dloss = jnp.max(tail) - jnp.min(tail)
+    scale = 1.0 + jnp.abs(loss_b)
+    gnorm = jnp.linalg.norm(grads[best])
+    conv = (gnorm <= settings.gtol * scale) & (dloss <= settings.ftol * scale)
+    at_bound = fitted & near
+    status = jnp.where(jnp.any(at_bound), STAGE_CODES["at_bound"],
+                       jnp.where(conv, STAGE_CODES["ok"], STAGE_CODES["not_converged"]))
+    status = jnp.where(failed, STAGE_CODES["failed"], status)
+    status = jnp.where(skip, STAGE_CODES["skipped"], status)
+    keep_in = skip | failed
+    x_out = jnp.where(keep_in, carry.x, x_new)
+    nan = jnp.asarray(jnp.nan, loss_b.dtype)
+    ran = ~keep_in
+    out = _StageOutput(
+        status=status, loss=jnp.where(ran, loss_b, nan), best_start=jnp.where(ran, best, -1),
+        fitted=fitted & ran, n_iter=jnp.where(ran, n_it[best], 0), values=x_out,
+        initial_loss=jnp.where(ran, traces[best, 0], nan),
+        grad_norm=jnp.where(ran, gnorm, nan), loss_change=jnp.where(ran, dloss, nan),
+        start_losses=jnp.where(skip, nan, final), finite_starts=finite | skip,
+        held=jnp.where(ran, mask_vec & ~fitted, mask_vec), at_bound=at_bound & ran,
+        n_constraints=n_con.astype(jnp.int32), kept=kept)
+    # Free here but not fitted: later stages keep them (fitted ones are released).
+    ruled_out = (carry.ruled_out | mask_vec) & ~(fitted & ran)
+    return _Carry(x_out, ruled_out), out
+
+
+def _fit_staged(base: Params, problem: StagedProblem, forcing: Forcing, targets: Targets,
+                cell_w: Float[Array, " cells"], prior_w: Float[Array, ""],
+                space: ParamSpace, settings: FitSettings) -> FitResult:
+    n = forcing.n_years
+    counts = jnp.stack([jnp.sum(jnp.where(targets.masks[v], cell_w[i * n:(i + 1) * n] > 0,
+                                          False)) for i, v in enumerate(TARGET_VARIABLES)])
+    x_base = space.stack(base)
+    objective = Objective(base, jnp.zeros(x_base.shape, bool),
+                          jnp.zeros((len(TARGET_VARIABLES),), x_base.dtype),
+                          jnp.asarray(0.0, x_base.dtype), prior_w, forcing, targets, space,
+                          settings.solver, settings.events, cell_w)
+
+    def body(carry, xs):
+        return stage_step(carry, _StageInputs(*xs), counts=counts, objective=objective,
+                          settings=settings)
+
+    carry, out = jax.lax.scan(body, _Carry(x_base, jnp.zeros(x_base.shape, bool)),
+                              (problem.masks, problem.var_w, problem.ev_w, problem.starts))
+    params = space.unstack(carry.x)
+    return FitResult(space.vector_to_unconstrained(carry.x), params, out.status, out.loss,
+                     out.best_start, out.fitted, out.n_iter, out.values, out.initial_loss,
+                     out.grad_norm, out.loss_change, out.start_losses, out.finite_starts,
+                     out.held, out.at_bound, out.n_constraints, out.kept)
+
+
+# The traced function, counted (``eqx.debug.get_num_traces``): a test hook for "one trace".
+_fit_staged_counted = eqx.debug.assert_max_traces(_fit_staged, max_traces=None)
+
+
 @eqx.filter_jit
 def fit_staged(base: Params, problem: StagedProblem, forcing: Forcing, targets: Targets,
                cell_w: Float[Array, " cells"], prior_w: Float[Array, ""],
-               space: ParamSpace, settings: _Settings, gtol: float = 1e-3,
-               ftol: float = 1e-6) -> FitResult:
+               space: ParamSpace, settings: FitSettings) -> FitResult:
     """Every stage in one ``lax.scan``; pure and jitted; ``vmap`` over any array argument.
 
     **Arguments:**
+
     - ``base``: incoming parameters (the prior values, or an earlier fit's);
     - ``problem``: :func:`staged_problem`;
     - ``forcing``, ``targets``: as for ``calibrate_stages``;
     - ``cell_w``: per-cell weights, ``(len(TARGET_VARIABLES) * n_years,)`` in the order of
       ``data_residuals`` (0 drops a cell; bootstrap counts resample);
-    - ``prior_w``: prior weight (0: plain weighted least squares).
+    - ``prior_w``: prior weight (0: plain weighted least squares);
+    - ``space``: the region's parameter space; ``settings``: :class:`FitSettings`.
 
-    Each stage warm-starts from the physical values the previous one left (as the host
-    loop did); a skipped stage runs no solve (``lax.cond``; under ``vmap`` with a batched
-    skip flag both branches run and the result is selected).
+    Each stage warm-starts from the physical values the previous one left; a skipped stage
+    runs no solve (``lax.cond``; under ``vmap`` with a batched skip flag both branches run
+    and the result is selected).
 
     **Returns:** a :class:`FitResult`; nothing raises at run time.
     """
-    TRACES[0] += 1  # Python runs only while tracing: counts compilations (tests)
-    n = forcing.n_years
-    counts = jnp.stack([jnp.sum(jnp.where(targets.masks[v], cell_w[i * n:(i + 1) * n] > 0,
-                                          False)) for i, v in enumerate(TARGET_VARIABLES)])
-    x_base = _stack(space, base)
-    n_ev = settings.events.size
-    fwd = "checkpoint" if settings.method == "rk4" else "forward"
-    n_starts = problem.starts.shape[1] + 1
-    n_trace = settings.adam_steps + settings.second_steps + (
-        1 if settings.optimizer == "lbfgs" else 0)
+    return _fit_staged_counted(base, problem, forcing, targets, cell_w, prior_w, space,
+                               settings)
 
-    def stage(carry, xs):
-        x_in, ruled_out = carry
-        mask_cfg, var_w, ev_w, draws = xs
-        kept = mask_cfg & ruled_out
-        mask_vec = mask_cfg & ~ruled_out
-        mask = _unstack(space, mask_vec)
-        base_s = _unstack(space, x_in)
-        u_in = _stack(space, space.to_unconstrained(base_s))
-        n_con = jnp.sum(jnp.where(var_w > 0, counts, 0)) + jnp.where(ev_w > 0, n_ev, 0)
-        n_free = jnp.sum(mask_vec)
-        skip = (n_con == 0) | ((n_con < n_free) & (prior_w <= 0)) | (n_free == 0)
 
-        def res(u):
-            return _residuals(u, base_s, mask, var_w, ev_w, prior_w, forcing, targets, space,
-                              settings, fwd, cell_w)
-
-        def loss(u):
-            r = _residuals(u, base_s, mask, var_w, ev_w, prior_w, forcing, targets, space,
-                           settings, "checkpoint", cell_w)
-            return 0.5 * jnp.sum(r**2)
-
-        u0s = jnp.concatenate([u_in[None], jnp.where(mask_vec, draws, u_in)], axis=0)
-
-        def one(u0):
-            if settings.optimizer == "lbfgs":
-                u, t, g = _optimise(loss, u0, mask_vec, settings)
-                # No Jacobian here: every free coordinate counts as sensitive.
-                return (u, t, g, jnp.asarray(settings.adam_steps + settings.second_steps),
-                        jnp.where(mask_vec, 1.0, 0.0).astype(u0.dtype))
-            idx = jnp.cumsum(mask_vec) - 1
-            S = jnp.where(mask_vec[:, None] & (idx[:, None] == jnp.arange(MAX_FREE)[None, :]),
-                          1.0, 0.0).astype(u0.dtype)
-            u, t_adam = _adam(loss, u0, mask_vec, settings)
-            u, t_lm, g, it, sens = _levenberg_marquardt(res, u, S, settings)
-            return u, jnp.concatenate([t_adam, t_lm]), g, settings.adam_steps + it, sens
-
-        def run(_):
-            u, t, g, it, sens = jax.vmap(one)(u0s)
-            return u, t, g, it.astype(jnp.int32), sens
-
-        def none(_):
-            z = jnp.zeros_like(u0s)
-            return (u0s, jnp.full((n_starts, n_trace), jnp.nan, u0s.dtype), z,
-                    jnp.zeros((n_starts,), jnp.int32), z)
-
-        u, traces, grads, n_it, sens = jax.lax.cond(skip, none, run, None)
-        final = traces[:, -1]
-        finite = jnp.isfinite(final) & jnp.all(jnp.isfinite(u), axis=1)
-        best = jnp.argmin(jnp.where(finite, final, jnp.inf))
-        failed = ~jnp.any(finite)
-        s_best = sens[best]
-        s_max = jnp.max(jnp.where(mask_vec & jnp.isfinite(s_best), s_best, 0.0))
-        fitted = mask_vec & jnp.isfinite(s_best) & (s_best > 1e-9 * jnp.maximum(s_max, 1e-300))
-        # At a physical bound the column is zero because the transform is saturated: such a
-        # parameter stays at the bound (status at_bound), it is not held.
-        near = mask_vec & (jnp.abs(u[best]) >= AT_BOUND_U)
-        fitted = (fitted & (s_best > 0)) | near
-        x_new = jnp.where(fitted, _stack(space, space.to_constrained(_unstack(space, u[best]))),
-                          x_in)
-        loss_b = final[best]
-        tail = traces[best, -11:]
-        dloss = jnp.max(tail) - jnp.min(tail)
-        scale = 1.0 + jnp.abs(loss_b)
-        gnorm = jnp.linalg.norm(grads[best])
-        conv = (gnorm <= gtol * scale) & (dloss <= ftol * scale)
-        at_bound = fitted & near
-        code = jnp.where(jnp.any(at_bound), CODES["at_bound"],
-                         jnp.where(conv, CODES["ok"], CODES["not_converged"]))
-        code = jnp.where(failed, CODES["failed"], code)
-        code = jnp.where(skip, CODES["skipped"], code)
-        keep_in = skip | failed
-        x_out = jnp.where(keep_in, x_in, x_new)
-        nan = jnp.asarray(jnp.nan, loss_b.dtype)
-        ran = ~keep_in
-        out = (code, jnp.where(ran, loss_b, nan), jnp.where(ran, best, -1), fitted & ran,
-               jnp.where(ran, n_it[best], 0), x_out, jnp.where(ran, traces[best, 0], nan),
-               jnp.where(ran, gnorm, nan), jnp.where(ran, dloss, nan),
-               jnp.where(skip, nan, final), finite | skip,
-               jnp.where(ran, mask_vec & ~fitted, mask_vec), at_bound & ran,
-               n_con.astype(jnp.int32), kept)
-        # Free here but not fitted: later stages keep them (fitted ones are released).
-        ruled_out = (ruled_out | mask_vec) & ~(fitted & ran)
-        return (x_out, ruled_out), out
-
-    (x_fin, _), outs = jax.lax.scan(
-        stage, (x_base, jnp.zeros(x_base.shape, bool)),
-        (problem.masks, problem.var_w, problem.ev_w, problem.starts))
-    (codes, losses, bests, fitted, n_it, values, loss0, gnorm, dloss, start_losses, finite,
-     held, at_bound, n_con, kept) = outs
-    params = _unstack(space, x_fin)
-    u_fin = _stack(space, space.to_unconstrained(params))
-    return FitResult(u_fin, params, codes, losses, bests, fitted, n_it, values, loss0, gnorm,
-                     dloss, start_losses, finite, held, at_bound, n_con, kept)
+def trace_count() -> int:
+    """How many times ``fit_staged`` has been traced in this process (a compile happens per
+    trace): tests assert that stages, configs and batches share one."""
+    return eqx.debug.get_num_traces(_fit_staged_counted)
 
 
 def cell_weights(targets: Targets, dtype=jnp.float64) -> Float[Array, " cells"]:
     """All-ones per-cell weights for ``targets`` (the plain fit)."""
     n = next(iter(targets.masks.values())).shape[0]
     return jnp.ones((len(TARGET_VARIABLES) * n,), dtype)
-
-
-def settings_of(cfg: CalibrationConfig) -> _Settings:
-    return _Settings.of(dataclasses.replace(cfg))

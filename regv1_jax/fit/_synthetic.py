@@ -41,10 +41,17 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..io._observations import DEPTHS, OBSERVED
-from ..model._forcing import Forcing, grain_for_green, make_forcing
-from ..model._params import PARAM_NAMES, ParameterError, Params, load_param_space
-from ..solve._simulate import STATUS_MESSAGES, simulate
+from ..io import DEPTHS, OBSERVED
+from ..model import (
+    PARAM_NAMES,
+    Forcing,
+    ParameterError,
+    Params,
+    grain_for_green,
+    load_param_space,
+    make_forcing,
+)
+from ..solve import STATUS_MESSAGES, simulate
 
 __all__ = [
     "COLUMNS",

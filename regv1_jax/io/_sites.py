@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from .._paths import data_dir, data_path
-from ..model._forcing import Forcing, grain_for_green, make_forcing
-from ._observations import DataError, Observations, load_site, load_sites_registry
+from ..model import Forcing, grain_for_green, make_forcing
+from ._observations import DataError, Observations, load_site
+from ._tables import load_sites_registry
 
-__all__ = ["Site", "get_site", "site_forcing", "read_forcing_csv", "FORCING_RULE"]
+__all__ = ["Site", "get_site", "site_forcing", "read_forcing_csv", "FORCING_RULE",
+           "site_registry"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Site:
     observations: Observations | None
 
 
-def _registry() -> dict:
+def site_registry() -> dict:
     """The bundled sites and the synthetic twins (``data/synthetic/sites_synthetic.json``)."""
     out = {}
     for path in (data_path("sites.json"), data_dir() / "synthetic" / "sites_synthetic.json"):
@@ -51,7 +53,7 @@ def get_site(name: str, data: str | Path | None = None, region: str | None = Non
     Raises:
         DataError naming the known sites (or the file's locations) when ``name`` is unknown.
     """
-    registry = _registry()
+    registry = site_registry()
     entry = registry.get(name)
     if entry is None and data is None:
         raise DataError(f"unknown site {name!r}; known sites: {sorted(registry)} "

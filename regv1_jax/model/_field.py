@@ -18,10 +18,11 @@ import numpy as np
 from ._forcing import Forcing
 from ._params import Params
 
-__all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field",
-           "initial_state", "initial_terms", "year_drivers", "equilibrium_theta",
-           "water_fluxes", "sediment", "field_capacity", "som_layer", "som_topsoil",
-           "driver_series", "LAYER_DEPTHS_M", "N_LAG_DEFAULT"]
+__all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field", "initial_state",
+           "initial_terms", "year_drivers", "equilibrium_theta", "water_fluxes", "sediment",
+           "field_capacity", "som_layer", "som_topsoil", "driver_series", "LAYER_DEPTHS_M",
+           "N_LAG_DEFAULT", "SOM_PER_C", "infiltration_cover", "vector_field_numpy",
+           "THETA_BISECTIONS", "THETA_BISECTIONS_F32"]
 
 # Layer thicknesses (m) of the three SOC layers 0-10, 10-20, 20-40 cm.
 LAYER_DEPTHS_M = (0.1, 0.1, 0.2)

@@ -13,41 +13,30 @@ vector in R^k and back, keeping every other parameter frozen.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
-from .._paths import data_path
+from ._spec import (
+    UNITS,
+    ParameterError,
+    ParameterWarning,
+    ParamSpec,
+    ci_on_scale,
+    read_json,
+    scale_bounds,
+)
 
-__all__ = [
-    "PARAM_NAMES",
-    "SEED_PARAM_NAMES",
-    "ParameterError",
-    "ParameterWarning",
-    "Params",
-    "ParamSpec",
-    "ParamSpace",
-    "FreeSet",
-    "load_param_space",
-]
+__all__ = ["PARAM_NAMES", "SEED_PARAM_NAMES", "Params", "ParamSpace", "FreeSet"]
 
 Scalar = Float[Array, "*batch"]
-
-
-class ParameterError(ValueError):
-    """A parameter file or value is invalid; the message names region, parameter and file."""
-
-
-class ParameterWarning(UserWarning):
-    """A parameter value is admissible but unusual (e.g. outside its prior CI_95)."""
 
 
 class Params(eqx.Module):
@@ -139,217 +128,9 @@ class Params(eqx.Module):
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
 SEED_PARAM_NAMES: tuple[str, ...] = PARAM_NAMES[:9]
 
-# Units we accept for each parameter (first entry is canonical; the rest are spellings of it).
-UNITS: dict[str, tuple[str, ...]] = {
-    "r_V": ("yr^-1", "1/yr"),
-    "K_V": ("fraction",),
-    "lambda1": ("yr^-1 per (m^3/m^3)",),
-    "lambda2": ("yr^-1 per %SOM",),
-    "theta_star": ("m^3/m^3",),
-    "SOM_star": ("%",),
-    "a1": ("kg C m^-2 yr^-1 per V",),
-    "a2": ("yr^-1", "1/yr"),
-    "eta1": ("mm per %SOM", "mm/(% SOM)"),
-    "tau_VS": ("yr",),
-    "tau_SH": ("yr",),
-    "s_plant": ("yr^-1", "1/yr"),
-    "Z_r": ("mm",),
-    "theta_fc": ("m^3/m^3",),
-    "theta_wp": ("m^3/m^3",),
-    "ET_p": ("mm yr^-1", "mm/yr"),
-    "e_s": ("fraction",),
-    "c_R": ("fraction",),
-    "gamma": ("dimensionless",),
-    "omega": ("dimensionless",),
-    "b_V": ("fraction",),
-    "b_eng": ("fraction",),
-    "k_L": ("mm yr^-1", "mm/yr"),
-    "c_L": ("dimensionless",),
-    "k_E": ("t ha^-1 yr^-1 per mm^m_E",),
-    "m_E": ("dimensionless",),
-    "c_E": ("dimensionless",),
-    "omega_E": ("dimensionless",),
-    "e_C": ("dimensionless",),
-    "rho_b": ("g cm^-3",),
-    "f_0": ("fraction",),
-    "f_1": ("fraction",),
-    "f_2": ("fraction",),
-    "m_1": ("dimensionless",),
-    "m_2": ("dimensionless",),
-    "i_ref": ("mm min^-1", "mm/min"),
-    "m_D": ("yr^-1", "1/yr"),
-    "k_I": ("fraction",),
-    "V0": ("fraction",),
-    "SOM0": ("%",),
-}
+PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
+SEED_PARAM_NAMES: tuple[str, ...] = PARAM_NAMES[:9]
 assert set(UNITS) == set(PARAM_NAMES)
-
-SEED_FILE = "priors_seed.json"
-EXTRA_FILE = "priors_extra.json"
-# Physical bounds of parameters whose priors file has none inline (the seed's nine: the seed
-# file is kept verbatim).
-BOUNDS_FILE = "bounds_seed.json"
-# Regions of the seed that hold only cross-site priors, not a full parameter set.
-PARTIAL_REGIONS = {"Universal"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamSpec:
-    """What is known about one parameter: prior value and 95% interval, physical bounds,
-    units and scales.
-
-    ``lower``/``upper`` are the prior's CI_95; ``bound_lower``/``bound_upper`` the admissible
-    physical range (hard limits of the fit, ``bounds_reason`` says why).  ``scale`` (the
-    prior's) is ``"log"`` when the CI_95 is positive and spans a factor of 3 or more, else
-    ``"linear"``; the prior is normal on that scale with mean at the value and standard
-    deviation ``(hi - lo) / 3.92`` (so that CI_95 is its 95% interval).  ``transform_scale``
-    is ``"log"`` when the bounds are positive and span a factor of 3 or more; the
-    unconstrained coordinate is the logit of the position inside the bounds on that scale.
-    """
-
-    name: str
-    value: float
-    lower: float
-    upper: float
-    units: str
-    source: str
-    file: str
-    bound_lower: float = -math.inf
-    bound_upper: float = math.inf
-    bounds_reason: str = ""
-
-    def __post_init__(self):
-        if not math.isfinite(self.bound_lower) or not math.isfinite(self.bound_upper):
-            # No physical bounds given (a ParamSpec built by hand): the CI_95 serves.
-            object.__setattr__(self, "bound_lower", self.lower)
-            object.__setattr__(self, "bound_upper", self.upper)
-
-    @property
-    def scale(self) -> str:
-        return "log" if self.lower > 0 and self.upper / self.lower >= 3.0 else "linear"
-
-    @property
-    def transform_scale(self) -> str:
-        lo, hi = self.bound_lower, self.bound_upper
-        return "log" if lo > 0 and hi / lo >= 3.0 else "linear"
-
-    @property
-    def bounds(self) -> tuple[float, float]:
-        return (self.bound_lower, self.bound_upper)
-
-    @property
-    def prior_sd(self) -> float:
-        f = math.log if self.scale == "log" else float
-        return (f(self.upper) - f(self.lower)) / 3.92
-
-    @property
-    def prior_mean(self) -> float:
-        return math.log(self.value) if self.scale == "log" else self.value
-
-    def standardised(self, x):
-        """``(s(x) - s(value)) / sd`` on this parameter's scale: the prior as a residual."""
-        s = jnp.log(x) if self.scale == "log" else x
-        return (s - self.prior_mean) / self.prior_sd
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as err:
-        raise ParameterError(f"{path}: not valid JSON ({err})") from err
-
-
-def _spec_from_entry(region: str, name: str, entry: object, file: str,
-                     fallback: Mapping | None = None) -> ParamSpec:
-    where = f"region {region!r}, parameter {name!r} in {file}"
-    if not isinstance(entry, Mapping):
-        raise ParameterError(f"{where}: expected an object with value/units/CI_95")
-    for key in ("value", "units", "CI_95"):
-        if key not in entry:
-            raise ParameterError(f"{where}: missing {key!r}")
-    try:
-        value = float(entry["value"])
-        lo, hi = (float(v) for v in entry["CI_95"])
-    except (TypeError, ValueError) as err:
-        raise ParameterError(f"{where}: value and CI_95 must be numbers ({err})") from err
-    if not all(math.isfinite(v) for v in (value, lo, hi)):
-        raise ParameterError(f"{where}: value and CI_95 must be finite")
-    if not lo < hi:
-        raise ParameterError(f"{where}: CI_95 low ({lo}) must be below high ({hi})")
-    if not lo <= value <= hi:
-        raise ParameterError(f"{where}: value {value} lies outside its CI_95 [{lo}, {hi}]")
-    units = entry["units"]
-    if units not in UNITS[name]:
-        raise ParameterError(
-            f"{where}: unknown units {units!r}; expected one of {list(UNITS[name])}"
-        )
-    if "bounds" not in entry and fallback and isinstance(fallback.get(name), Mapping):
-        entry = {**entry, **{k: v for k, v in fallback[name].items()
-                             if k in ("bounds", "bounds_reason")}}
-        where += f" (bounds from {BOUNDS_FILE})"
-    if "bounds" not in entry:
-        raise ParameterError(
-            f"{where}: missing 'bounds' (the admissible physical range [lo, hi], with a "
-            f"'bounds_reason', inline or in {BOUNDS_FILE}); the CI_95 is the prior, not a "
-            "limit")
-    try:
-        b_lo, b_hi = (float(v) for v in entry["bounds"])
-    except (TypeError, ValueError) as err:
-        raise ParameterError(f"{where}: bounds must be two numbers [lo, hi] ({err})") from err
-    if not (math.isfinite(b_lo) and math.isfinite(b_hi) and b_lo < b_hi):
-        raise ParameterError(f"{where}: bounds [{b_lo}, {b_hi}] must be finite with lo < hi")
-    if not (b_lo <= lo and hi <= b_hi):
-        raise ParameterError(
-            f"{where}: CI_95 [{lo}, {hi}] must lie inside the bounds [{b_lo}, {b_hi}]")
-    source = str(entry.get("source", entry.get("notes", entry.get("note", ""))))
-    return ParamSpec(name, value, lo, hi, UNITS[name][0], source, file, b_lo, b_hi,
-                     str(entry.get("bounds_reason", "")))
-
-
-def _region_specs(region: str, files: Sequence[Path],
-                  bounds_file: Path | None = None) -> dict[str, ParamSpec]:
-    specs: dict[str, ParamSpec] = {}
-    fallback = {}
-    if bounds_file is not None and bounds_file.exists():
-        fallback = _read_json(bounds_file).get(region, {})
-    known_regions: set[str] = set()
-    for path in files:
-        doc = _read_json(path)
-        known_regions |= {k for k in doc if not k.startswith("_")}
-        block = doc.get(region)
-        if block is None or region in PARTIAL_REGIONS:
-            continue
-        for name, entry in block.items():
-            if name not in UNITS:
-                raise ParameterError(
-                    f"region {region!r}, parameter {name!r} in {path.name}: unknown parameter"
-                )
-            specs[name] = _spec_from_entry(region, name, entry, path.name, fallback)
-    if region in PARTIAL_REGIONS:
-        raise ParameterError(
-            f"region {region!r} holds cross-site priors only, not a full parameter set; "
-            f"choose one of {sorted(known_regions - PARTIAL_REGIONS)}"
-        )
-    if region not in known_regions:
-        raise ParameterError(
-            f"unknown region {region!r} in {[p.name for p in files]}; "
-            f"known: {sorted(known_regions - PARTIAL_REGIONS)}"
-        )
-    missing = [n for n in PARAM_NAMES if n not in specs]
-    if missing:
-        raise ParameterError(
-            f"region {region!r}: missing parameter(s) {missing} in {[p.name for p in files]}"
-        )
-    return specs
-
-
-def _check_shares(region: str, specs: Mapping[str, ParamSpec]) -> None:
-    if specs["theta_wp"].value >= specs["theta_fc"].value:
-        raise ParameterError(
-            f"region {region!r}: theta_wp ({specs['theta_wp'].value}) must be below "
-            f"theta_fc ({specs['theta_fc'].value}) in {specs['theta_fc'].file}"
-        )
 
 
 class ParamSpace(eqx.Module):
@@ -424,6 +205,61 @@ class ParamSpace(eqx.Module):
     def _map(self, fn, tree: Params) -> Params:
         return Params(**{s.name: fn(s, getattr(tree, s.name)) for s in self.specs})
 
+    # --- flat vectors: every parameter, in ``PARAM_NAMES`` order ------------------------
+    def stack(self, params: Params) -> Float[Array, "*batch n_params"]:
+        """The parameters as one vector (last axis in ``PARAM_NAMES`` order)."""
+        return jnp.stack([jnp.asarray(getattr(params, n)) for n in PARAM_NAMES], axis=-1)
+
+    def unstack(self, x: Float[Array, "*batch n_params"]) -> Params:
+        """Inverse of :meth:`stack`."""
+        return Params(**{n: x[..., i] for i, n in enumerate(PARAM_NAMES)})
+
+    def mask(self, names: Iterable[str]) -> Bool[Array, " n_params"]:
+        """Boolean vector: True at the parameters ``names``."""
+        names = set(names)
+        for n in names:
+            self.spec(n)
+        return jnp.asarray([n in names for n in PARAM_NAMES])
+
+    def _columns(self):
+        """Per-parameter constants of the vector transforms (numpy, static)."""
+        lo_t, hi_t = zip(*(scale_bounds(s) for s in self.specs))
+        return dict(
+            t_log=np.array([s.transform_scale == "log" for s in self.specs]),
+            t_lo=np.array(lo_t), t_hi=np.array(hi_t),
+            b_lo=np.array([s.bound_lower for s in self.specs]),
+            b_hi=np.array([s.bound_upper for s in self.specs]),
+            p_log=np.array([s.scale == "log" for s in self.specs]),
+            p_mean=np.array([s.prior_mean for s in self.specs]),
+            p_sd=np.array([s.prior_sd for s in self.specs]))
+
+    def vector_to_unconstrained(self, x: Float[Array, "*batch n_params"]
+                                ) -> Float[Array, "*batch n_params"]:
+        """:meth:`to_unconstrained` on a stacked vector (one vectorised pass)."""
+        c = self._columns()
+        x = jnp.asarray(x)
+        s = jnp.where(c["t_log"], jnp.log(jnp.where(c["t_log"], x, 1.0)), x)
+        eps = 10 * jnp.finfo(x.dtype).eps
+        frac = jnp.clip((s - c["t_lo"]) / (c["t_hi"] - c["t_lo"]), eps, 1 - eps)
+        return jnp.log(frac) - jnp.log1p(-frac)
+
+    def vector_to_constrained(self, u: Float[Array, "*batch n_params"]
+                              ) -> Float[Array, "*batch n_params"]:
+        """:meth:`to_constrained` on a stacked vector (one vectorised pass)."""
+        c = self._columns()
+        y = c["t_lo"] + (c["t_hi"] - c["t_lo"]) * jax.nn.sigmoid(jnp.asarray(u))
+        y = jnp.where(c["t_log"], jnp.exp(jnp.where(c["t_log"], y, 0.0)), y)
+        return jnp.clip(y, c["b_lo"], c["b_hi"])
+
+    def vector_standardised(self, x: Float[Array, "*batch n_params"]
+                            ) -> Float[Array, "*batch n_params"]:
+        """:meth:`ParamSpec.standardised` of every parameter of a stacked vector: the
+        prior as residuals."""
+        c = self._columns()
+        x = jnp.asarray(x)
+        s = jnp.where(c["p_log"], jnp.log(jnp.where(c["p_log"], x, 1.0)), x)
+        return (s - c["p_mean"]) / c["p_sd"]
+
     # --- prior ---------------------------------------------------------------------------
     def log_prior(self, params: Params, names: Iterable[str] | None = None) -> Scalar:
         """Gaussian log prior density (up to a constant) on each parameter's scale.
@@ -453,7 +289,7 @@ class ParamSpace(eqx.Module):
         keys = jax.random.split(key, len(self.specs))
         out = {}
         for k, spec in zip(keys, self.specs):
-            lo_s, hi_s = _ci_on_scale(spec)
+            lo_s, hi_s = ci_on_scale(spec)
             a = (lo_s - spec.prior_mean) / spec.prior_sd
             b = (hi_s - spec.prior_mean) / spec.prior_sd
             z = jax.random.truncated_normal(k, a, b, shape, dtype=dtype or jnp.float32)
@@ -482,7 +318,7 @@ class ParamSpace(eqx.Module):
         ``ParameterWarning``.
         """
         path = Path(path)
-        doc = _read_json(path)
+        doc = read_json(path)
         block = doc.get(self.region, doc) if isinstance(doc, Mapping) else None
         if not isinstance(block, Mapping):
             raise ParameterError(f"{path}: expected a JSON object")
@@ -526,24 +362,10 @@ class ParamSpace(eqx.Module):
 
 
 def _on_scale(spec: ParamSpec, x):
-    lo, hi = _scale_bounds(spec)
+    lo, hi = scale_bounds(spec)
     if spec.transform_scale == "log":
         x = jnp.log(x)
     return lo, hi, x
-
-
-def _scale_bounds(spec: ParamSpec) -> tuple[float, float]:
-    """The physical bounds on the transform's scale."""
-    if spec.transform_scale == "log":
-        return math.log(spec.bound_lower), math.log(spec.bound_upper)
-    return spec.bound_lower, spec.bound_upper
-
-
-def _ci_on_scale(spec: ParamSpec) -> tuple[float, float]:
-    """The CI_95 on the prior's scale."""
-    if spec.scale == "log":
-        return math.log(spec.lower), math.log(spec.upper)
-    return spec.lower, spec.upper
 
 
 class FreeSet(eqx.Module):
@@ -576,27 +398,3 @@ class FreeSet(eqx.Module):
 
     def log_prior(self, params: Params) -> Scalar:
         return self.space.log_prior(params, self.names)
-
-
-def load_param_space(
-    region: str, files: Sequence[str | Path] | None = None
-) -> ParamSpace:
-    """Priors for ``region`` from the seed JSON and the extra-constants JSON.
-
-    Arguments:
-        region: ``"LoessPlateau"`` or ``"ChihuahuanDesert"``.
-        files: JSON files in the seed's schema, later ones adding to earlier ones (default:
-            ``data/priors_seed.json`` then ``data/priors_extra.json``).  Physical bounds come
-            from each entry's ``bounds``, else from ``data/bounds_seed.json``.
-    Returns:
-        the region's :class:`ParamSpace`.
-    Raises:
-        ParameterError naming region, parameter and file for a missing parameter, a value
-        outside its CI_95, a CI_95 with low >= high, unknown units or an unknown region.
-    """
-    paths = [data_path(SEED_FILE), data_path(EXTRA_FILE)] if files is None else [
-        Path(f) for f in files
-    ]
-    specs = _region_specs(region, paths, data_path(BOUNDS_FILE))
-    _check_shares(region, specs)
-    return ParamSpace(region, tuple(specs[n] for n in PARAM_NAMES))

@@ -6,7 +6,22 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_simulation", "plot_bifurcation"]
+from ..fit import CORR_FLAG, TARGET_VARIABLES, SiteCalibration, simulated
+
+__all__ = ["plot_simulation", "plot_bifurcation", "plot_fit", "plot_correlation",
+           "VARIABLE_LABELS"]
+
+# Axis label (quantity and unit) of each fitted variable: figures and tables use these.
+VARIABLE_LABELS = {
+    "veg_cover_%": "vegetation cover (%)",
+    "SOM_%": "SOM, 0-20 cm (% of soil mass)",
+    "SOM_0-10_%": "SOM, 0-10 cm (% of soil mass)",
+    "SOM_10-20_%": "SOM, 10-20 cm (% of soil mass)",
+    "SOM_20-40_%": "SOM, 20-40 cm (% of soil mass)",
+    "runoff_mm": "runoff (mm/yr)",
+    "erosion_t/ha": "sediment yield (t/ha/yr)",
+    "theta_m3/m3": "soil moisture (m³/m³)",
+}
 
 PANELS = (
     ("veg_cover_%", "veg_cover_%", "vegetation cover (%)"),
@@ -110,3 +125,85 @@ def plot_bifurcation(table, summary: dict, path, title: str = ""):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_fit(cal: SiteCalibration, path: Path, boot=None):
+    """Observed vs calibrated per variable (prior dashed, holdout shaded); with a bootstrap
+    the 95% band of the simulated series over the used replicates."""
+    obs, sim = cal.observations, cal.sim
+    years = np.asarray(sim.years)
+    vars_ = [v for v in TARGET_VARIABLES if obs.masks[v].any()] or ["veg_cover_%"]
+    panels = vars_ + [v for v in ("veg_cover_%", "SOM_%", "runoff_mm", "erosion_t/ha")
+                      if v not in vars_]
+    panels = panels[:9]
+    plt, fig, axes = _figure(len(panels))
+    hold = cal.holdout_years
+    prior_sim = cal.prior_sim
+    band = boot.band() if boot is not None else None
+    for ax, var in zip(axes, panels):
+        if band is not None:
+            k = TARGET_VARIABLES.index(var) if var in TARGET_VARIABLES else None
+            if k is not None:
+                ax.fill_between(years, band[0][k], band[1][k], color="C0", alpha=0.25,
+                                lw=0, label="bootstrap 95%")
+        ax.plot(years, np.asarray(simulated(sim, var)), color="C0", lw=2, label="calibrated")
+        if prior_sim is not None:
+            ax.plot(years, np.asarray(simulated(prior_sim, var)), color="C0", lw=1, ls="--",
+                    alpha=0.6, label="prior")
+        m = obs.masks[var]
+        if m.any():
+            ax.plot(obs.years[m], obs.values[var][m], "o", color="k", ms=4, label="observed")
+        if hold:
+            ax.axvspan(hold[0] - 0.5, hold[1] + 0.5, color="0.9", zorder=0, label="holdout")
+        ax.set_ylabel(VARIABLE_LABELS.get(var, var), fontsize=9)
+        ax.set_xlabel("year", fontsize=9)
+        ax.tick_params(labelbottom=True, labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    axes[0].legend(fontsize=7)
+    what = "" if boot is None else (f"; block bootstrap 95% band, {int(boot.used.sum())} of "
+                                    f"{boot.B} refits")
+    fig.suptitle(f"{cal.site}: observed vs calibrated (holdout shaded{what})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_correlation(cal: SiteCalibration, path: Path):
+    """The correlation matrix; the cells of the flagged pairs (the report's pair table) are
+    outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    ident = cal.identifiability
+    names = ident["names"]
+    C = np.asarray(ident["corr"])
+    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * len(names), 1.2 + 0.45 * len(names)))
+    im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("parameter", fontsize=8)
+    ax.set_ylabel("parameter", fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{C[i, j]:.2f}" if np.isfinite(C[i, j]) else "n.i.",
+                    ha="center", va="center", fontsize=6)
+    for p in ident["pairs"]:
+        if p["flag"]:
+            i, j = names.index(p["pair"][0]), names.index(p["pair"][1])
+            for a, b in ((i, j), (j, i)):
+                ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, lw=1.8,
+                                       edgecolor="k"))
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("correlation coefficient r (dimensionless)", fontsize=8)
+    ax.set_title(f"local parameter correlation (Gauss-Newton); |r| > {CORR_FLAG:g} outlined",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+

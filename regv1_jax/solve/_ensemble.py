@@ -30,21 +30,18 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from ..model._field import N_LAG_DEFAULT, Layout, driver_series
-from ..model._forcing import Forcing
-from ..model._params import Params
+from ..model import N_LAG_DEFAULT, Forcing, Layout, Params, driver_series
 from . import kernel as _kernel
-from ._simulate import NONFINITE, OK, Simulation, _solve_rk4, observe, simulate, with_forcing
+from ._simulate import NONFINITE, OK, Simulation, observe, simulate, with_forcing
+from ._solvers import rk4_grid
 
-__all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "loop_body_fusions",
-           "SMALL_BATCH"]
+__all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "SMALL_BATCH"]
 
 # At or below this many members the XLA path vmaps the per-sample solve.
 SMALL_BATCH = 64
@@ -116,11 +113,11 @@ def _xla_solve(params, forcing, layout, steps_per_year, chunk):
         padded = jax.tree_util.tree_map(
             lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,))]), params)
         chunks = jax.tree_util.tree_map(lambda x: x.reshape(n_chunks, chunk), padded)
-        ys = jax.lax.map(lambda q: _solve_rk4(q, forcing, layout, steps_per_year,
-                                              unroll=True)[0], chunks)  # (C, G, D, chunk)
+        ys = jax.lax.map(lambda q: rk4_grid(q, forcing, layout, steps_per_year,
+                                            unroll=True), chunks)  # (C, G, D, chunk)
         ys = jnp.moveaxis(ys, 0, -2).reshape(ys.shape[1:3] + (n_chunks * chunk,))[..., :B]
     else:
-        ys, _ = _solve_rk4(params, forcing, layout, steps_per_year, unroll=True)  # (G, D, B)
+        ys = rk4_grid(params, forcing, layout, steps_per_year, unroll=True)  # (G, D, B)
     return _observe_batch(ys, params, forcing, layout)
 
 
@@ -290,32 +287,3 @@ def _kernel_ensemble(params, forcing, B, *, steps_per_year, target, size, device
     fields, treedef = jax.tree_util.tree_flatten(out)
     return jax.tree_util.tree_unflatten(
         treedef, jax.device_put([np.asarray(x)[:B] for x in fields], device))
-
-
-def _computations(hlo_text: str) -> dict[str, list[str]]:
-    comps, name, body = {}, None, []
-    for line in hlo_text.splitlines():
-        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
-        if m and not line.startswith(" "):
-            name, body = m.group(1), []
-        elif line.startswith("}") and name is not None:
-            comps[name] = body
-            name = None
-        elif name is not None:
-            body.append(line)
-    return comps
-
-
-def loop_body_fusions(hlo_text: str) -> int:
-    """Loop kernels (XLA fusions) in the largest ``while`` body of optimised HLO text.
-
-    For the batch-last XLA path (inner steps unrolled) that body is one year: divide by the
-    ``4 * steps_per_year`` right-hand-side evaluations of a year to get kernels (full passes
-    over the batch) per evaluation.  0 when no time loop runs in XLA (the kernel path: one
-    pass per evaluation inside the custom call).
-    """
-    comps = _computations(hlo_text)
-    bodies = re.findall(r"\bwhile\(.*?body=%?([\w.\-]+)", hlo_text)
-    counts = [sum(1 for ln in comps.get(b, []) if re.search(r"= \S+ fusion\(", ln))
-              for b in bodies]
-    return max(counts, default=0)

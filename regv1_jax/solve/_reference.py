@@ -19,9 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model._field import N_LAG_DEFAULT, Layout, initial_state, vector_field_numpy, year_drivers
-from ..model._forcing import Forcing
-from ..model._params import Params
+from ..model import (
+    N_LAG_DEFAULT,
+    Forcing,
+    Layout,
+    Params,
+    initial_state,
+    vector_field_numpy,
+    year_drivers,
+)
 
 __all__ = ["solve_scipy", "solve_scipy_grid", "OUTPUT_KEYS"]
 

@@ -1,59 +1,31 @@
 """``simulate``: the one solve of the V-SOM-theta system, and its annual outputs.
 
-Two integrators share the vector field and the observation operators:
-
-* ``method="tsit5"`` (default), ``"dopri8"``, ``"kvaerno5"`` (implicit, for stiff draws):
-  diffrax with an adaptive PID controller that knows every forcing jump, and a selectable
-  adjoint (``"checkpoint"`` = recursive checkpointing, default; ``"backsolve"``).
-* ``method="rk4"``: classical Runge-Kutta with a fixed number of steps per year inside
-  ``lax.scan``: no adaptive ``while_loop``, no per-step checks, so that ``vmap`` over
-  thousands of draws runs every member in lock-step.  ``simulate_ensemble``
-  (``_ensemble.py``) is its batched, fast form.
-
-Both return a :class:`Simulation` with a per-solve ``status``; a failed solve (maximum
-steps, a solver failure, a non-finite state) has every output set to NaN.
+The integrator is a solver object (``_solvers``: :class:`Diffrax` with an adaptive PID
+controller that knows every forcing jump, or fixed-step :class:`RK4`), chosen by
+``solver=`` or by the ``method=`` name.  Every solver shares the vector field and the
+observation operators (``observe_year``), and returns a :class:`Simulation` with a
+per-solve ``status`` (``RESULTS``); a failed solve (maximum steps, a solver failure, a
+non-finite state) has every output set to NaN.
 """
 
 from __future__ import annotations
 
-import diffrax as dfx
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ..model._field import (
-    LAYER_DEPTHS_M,
-    N_LAG_DEFAULT,
-    Layout,
-    driver_series,
-    drivers,
-    initial_state,
-    rates,
-    som_layer,
-    som_topsoil,
-    vector_field,
-    year_drivers,
-)
-from ..model._forcing import Forcing
-from ..model._params import Params
+from ..model import LAYER_DEPTHS_M, N_LAG_DEFAULT, Forcing, Layout, Params, som_layer, som_topsoil
+from ..status import MESSAGES, code
+from ._solvers import METHODS, AbstractSolver, solver_from
 
 __all__ = ["simulate", "solve_grid", "Simulation", "STATUS_MESSAGES",
-           "METHODS", "OBSERVED", "FIELDS", "observe_year", "assemble", "with_forcing"]
+           "METHODS", "OBSERVED", "FIELDS", "observe_year", "assemble", "with_forcing",
+           "OK", "MAX_STEPS", "SOLVER_FAILED", "NONFINITE"]
 
-METHODS = ("tsit5", "dopri8", "kvaerno5", "rk4")
-ADJOINTS = ("checkpoint", "backsolve", "forward")
-
-# Status codes of a solve (per sample under vmap).
-OK, MAX_STEPS, SOLVER_FAILED, NONFINITE = 0, 1, 2, 3
-STATUS_MESSAGES = {
-    OK: "ok",
-    MAX_STEPS: "maximum number of solver steps reached (raise max_steps, or use "
-    "method='kvaerno5' for a stiff parameter set)",
-    SOLVER_FAILED: "the solver failed (step size collapsed or the implicit solve diverged)",
-    NONFINITE: "the solution became non-finite (NaN or inf); the parameter set is "
-    "outside the model's valid region",
-}
+# Status codes of a solve (per sample under vmap): entries of ``RESULTS``.
+OK, MAX_STEPS, SOLVER_FAILED, NONFINITE = (code(n) for n in (
+    "successful", "max_steps_reached", "solver_failed", "nonfinite"))
+STATUS_MESSAGES = {c: MESSAGES[c] for c in (OK, MAX_STEPS, SOLVER_FAILED, NONFINITE)}
 
 Years = Float[Array, " years"]
 
@@ -69,7 +41,8 @@ class Simulation(eqx.Module):
         rainfall, runoff, ET, drainage, water_yield: annual totals, mm.
         erosion: annual sediment, t ha^-1.
         storage_change: Z_r * (theta(end) - theta(start)) of the year, mm.
-        status: int scalar, 0 when the solve succeeded (see ``STATUS_MESSAGES``).
+        status: int scalar, 0 when the solve succeeded (``RESULTS`` codes; words in
+            ``STATUS_MESSAGES``).
     """
 
     years: Int[Array, " years"]
@@ -99,97 +72,6 @@ class Simulation(eqx.Module):
         return self.rainfall - self.runoff - self.ET - self.drainage - self.storage_change
 
 
-def _dtype_defaults(dtype):
-    if dtype == jnp.float64:
-        return 1e-8, 1e-9
-    return 1e-5, 1e-6
-
-
-def _solver(method: str):
-    if method == "tsit5":
-        return dfx.Tsit5()
-    if method == "dopri8":
-        return dfx.Dopri8()
-    if method == "kvaerno5":
-        return dfx.Kvaerno5()
-    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-
-
-def _adjoint(adjoint: str):
-    if adjoint == "checkpoint":
-        return dfx.RecursiveCheckpointAdjoint()
-    if adjoint == "backsolve":
-        return dfx.BacksolveAdjoint(solver=dfx.Tsit5())
-    if adjoint == "forward":
-        return dfx.ForwardMode()  # for jax.jacfwd (Fisher information)
-    raise ValueError(f"unknown adjoint {adjoint!r}; choose one of {ADJOINTS}")
-
-
-def _solve_diffrax(params, forcing, layout, method, adjoint, rtol, atol, max_steps):
-    dtype = params.dtype
-    n = forcing.n_years
-    y0 = initial_state(params, year_drivers(params, forcing), layout)
-    ts = jnp.arange(2 * n + 1, dtype=dtype) * 0.5
-    controller = dfx.PIDController(rtol=rtol, atol=atol, jump_ts=forcing.jump_ts(dtype))
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(vector_field),
-        _solver(method),
-        t0=jnp.asarray(0.0, dtype),
-        t1=jnp.asarray(float(n), dtype),
-        dt0=jnp.asarray(0.05, dtype),
-        y0=y0,
-        args=(params, forcing, layout),
-        saveat=dfx.SaveAt(ts=ts),
-        stepsize_controller=controller,
-        adjoint=_adjoint(adjoint),
-        max_steps=max_steps,
-        throw=False,
-    )
-    status = jnp.where(
-        sol.result == dfx.RESULTS.successful,
-        OK,
-        jnp.where(sol.result == dfx.RESULTS.max_steps_reached, MAX_STEPS, SOLVER_FAILED),
-    )
-    return sol.ys, status
-
-
-def _rk4_step(y, p, d, layout, h):
-    k1 = rates(y, p, d, layout)
-    k2 = rates(y + (0.5 * h) * k1, p, d, layout)
-    k3 = rates(y + (0.5 * h) * k2, p, d, layout)
-    k4 = rates(y + h * k3, p, d, layout)
-    return y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-
-
-def _solve_rk4(params, forcing, layout, steps_per_year, unroll=1):
-    """Fixed-step RK4; with batched parameter leaves ``(B,)`` the state is ``(D, B)`` (the
-    right-hand side broadcasts over the batch on the last axis, no ``vmap`` needed)."""
-    if steps_per_year < 2 or steps_per_year % 2:
-        raise ValueError(f"steps_per_year must be an even int >= 2, got {steps_per_year}")
-    h = 1.0 / steps_per_year
-    half = steps_per_year // 2
-    y0 = initial_state(params, year_drivers(params, forcing), layout)
-
-    def half_year(y, d):
-        def step(y, _):
-            return _rk4_step(y, params, d, layout, h), None
-
-        y, _ = jax.lax.scan(step, y, None, length=half, unroll=unroll)
-        return y
-
-    def year(y, f):
-        d = drivers(params, *f)
-        y_mid = half_year(y, d)
-        y_end = half_year(y_mid, d)
-        return y_end, (y_mid, y_end)
-
-    _, (mids, ends) = jax.lax.scan(year, y0, driver_series(forcing))
-    # Grid 0, 0.5, 1, ..., n  (years since start), states along axis 0.
-    pairs = jnp.stack([mids, ends], axis=1).reshape((2 * forcing.n_years,) + y0.shape)
-    ys = jnp.concatenate([y0[None], pairs], axis=0)
-    return ys, jnp.asarray(OK, dtype=jnp.int32)
-
-
 def solve_grid(
     params: Params,
     forcing: Forcing,
@@ -201,25 +83,21 @@ def solve_grid(
     max_steps: int = 16_384,
     steps_per_year: int = 12,
     n_lag: int = N_LAG_DEFAULT,
+    solver: AbstractSolver | None = None,
 ) -> tuple[Float[Array, "grid state"], Int[Array, ""]]:
-    """Raw states on the half-year grid ``tau = 0, 0.5, ..., n_years`` and the status code.
+    """Raw states on the half-year grid ``tau = 0, 0.5, ..., n_years`` and the status code
+    (``solver``, or the one :func:`solver_from` makes of ``method`` and its settings).
 
     Failed solves are *not* masked here; :func:`simulate` does that.
     """
     layout = Layout(n_lag)
     if forcing.n_years < 1:
         raise ValueError("forcing must cover at least one year")
+    if solver is None:
+        solver = solver_from(method, adjoint=adjoint, rtol=rtol, atol=atol,
+                             max_steps=max_steps, steps_per_year=steps_per_year)
     forcing = forcing.astype(params.dtype)
-    if method == "rk4":
-        ys, status = _solve_rk4(params, forcing, layout, steps_per_year)
-    else:
-        if adjoint not in ADJOINTS:
-            raise ValueError(f"unknown adjoint {adjoint!r}; choose one of {ADJOINTS}")
-        d_rtol, d_atol = _dtype_defaults(params.dtype)
-        ys, status = _solve_diffrax(
-            params, forcing, layout, method, adjoint,
-            d_rtol if rtol is None else rtol, d_atol if atol is None else atol, max_steps,
-        )
+    ys, status = solver.solve_grid(params, forcing, layout)
     finite = jnp.all(jnp.isfinite(ys))
     status = jnp.where((status == OK) & ~finite, NONFINITE, status).astype(jnp.int32)
     return ys, status
@@ -299,6 +177,7 @@ def simulate(
     max_steps: int = 16_384,
     steps_per_year: int = 12,
     n_lag: int = N_LAG_DEFAULT,
+    solver: AbstractSolver | None = None,
 ) -> Simulation:
     """Solve the V-SOM-theta system over the forcing's years and return annual outputs.
 
@@ -316,12 +195,14 @@ def simulate(
         max_steps: cap on adaptive steps; reaching it gives status 1, not an exception.
         steps_per_year: even number of RK4 steps per year (``method="rk4"``).
         n_lag: length of the linear-chain lags (static).
+        solver: a solver object (``Diffrax(...)``, ``RK4(...)``) used instead of ``method``
+            and its settings.
     Returns:
         :class:`Simulation`; where ``status != 0`` every output is NaN.
     """
     ys, status = solve_grid(
         params, forcing, method=method, adjoint=adjoint, rtol=rtol, atol=atol,
-        max_steps=max_steps, steps_per_year=steps_per_year, n_lag=n_lag,
+        max_steps=max_steps, steps_per_year=steps_per_year, n_lag=n_lag, solver=solver,
     )
     return observe(ys, status, params, forcing.astype(params.dtype), Layout(n_lag))
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model._field import Layout
+from ...model import Layout
 from .._simulate import FIELDS, OBSERVED
 from ._emit import BLOCK, GROUPS, initial_source, observation_source, rhs_source
 

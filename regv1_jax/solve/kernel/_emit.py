@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...model._field import Layout, drivers, initial_terms, rate_terms
+from ...model import Layout, drivers, initial_terms, rate_terms
 from .._simulate import observe_year
 
 __all__ = ["rhs_source", "initial_source", "observation_source", "BLOCK", "GROUPS", "Emitter",

@@ -17,7 +17,7 @@ delete-one-block jackknife (all refits timed).
   point estimate, vmapped in chunks, sharded over the host devices); the first call
   compiles (``first_call_s``), the second is timed.
 * peer: ``scipy.optimize.least_squares(trf, 2-point)`` stage by stage from the point
-  estimate per replicate, on ``bench_calibrate.NumpyObjective`` (the library's residuals
+  estimate per replicate, on ``scipy_peer.NumpyObjective`` (the library's residuals
   in numpy, ``solve_ivp`` RK45 rtol = atol = 1e-6, one call per year) with each cell's
   residual times sqrt(its year's count).  Run on ``--scipy-sample`` replicates and
   **extrapolated linearly** to all refits; the sampled replicates' parameters are compared
@@ -66,8 +66,9 @@ def speed(args, result):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from bench_calibrate import NumpyObjective, build_problem
+    from bench_calibrate import build_problem
     from scipy.optimize import least_squares
+    from scipy_peer import NumpyObjective
 
     from regv1_jax.analysis import bootstrap_study, year_weights
     from regv1_jax.fit import SEED_STAGES, TARGET_VARIABLES, CalibrationConfig, calibrate_stages
@@ -89,7 +90,8 @@ def speed(args, result):
           f"{first:.1f}s); used {int(res.used.sum())}/{res.B}; load {loadavg()}", flush=True)
 
     # scipy peer on a sample of the same replicates.
-    obj = NumpyObjective(space, forcing, train, cfg, method="RK45", rtol=1e-6, atol=1e-6)
+    obj = NumpyObjective(space, forcing, train, events=cfg.events,
+                         prior_weight=cfg.prior_weight, method="RK45", rtol=1e-6, atol=1e-6)
     ny = forcing.n_years
     train_idx = np.searchsorted(np.asarray(forcing.years), res.train_years)
     m = min(args.scipy_sample, res.B)
@@ -105,8 +107,7 @@ def speed(args, result):
             sw = np.concatenate([np.sqrt(w), np.ones(extra)])
             sol = least_squares(lambda v, fun=fun, sw=sw: fun(v) * sw, v0, method="trf",
                                 jac="2-point")
-            for n, z in zip(st.free, sol.x):
-                values[n] = obj.constrained(n, z)
+            values.update(obj.stage_values(st, values, sol.x))
         t_peer += time.perf_counter() - t
         ours_i = res.replicates[i, :len(names)]
         diffs.append(float(np.max(np.abs(np.array([values[n] for n in names]) - ours_i)
@@ -149,7 +150,6 @@ def coverage(args, result):
         fit_staged,
         make_targets,
         make_twin,
-        settings_of,
         staged_problem,
         twin_forcing,
         write_twin,
@@ -179,7 +179,7 @@ def coverage(args, result):
     n = 8 * forcing.n_years
     t = time.perf_counter()
     fits = jax.vmap(lambda tg: fit_staged(prior, prob, forcing, tg, jnp.ones(n),
-                                          jnp.asarray(0.0), space, settings_of(cfg)))(T)
+                                          jnp.asarray(0.0), space, cfg.fit_settings()))(T)
     t_point = time.perf_counter() - t
     L_arg = "auto" if args.coverage_L == "auto" else int(args.coverage_L)
     hits = {m: {p: 0 for p in truth} for m in ("percentile", "BCa")}

@@ -1,4 +1,4 @@
-"""Hand-written Levenberg-Marquardt (``_calibrate._levenberg_marquardt``, the library path)
+"""Hand-written Levenberg-Marquardt (``regv1_jax.fit.LevenbergMarquardt``, the library path)
 against ``optimistix.LevenbergMarquardt`` on the same residuals, one start, one stage.
 
     python benchmarks/bench_lm.py [--stage 4] [--repeat 3] [--vmap N]
@@ -33,16 +33,13 @@ from _machine import run_header  # noqa: E402
 
 import regv1_jax as r  # noqa: E402
 from regv1_jax.fit import (  # noqa: E402
-    MAX_FREE,
     SEED_STAGES,
+    TARGET_VARIABLES,
     CalibrationConfig,
-    _levenberg_marquardt,
-    _mask_tree,
-    _residuals,
-    _Settings,
-    _stack,
-    _weights,
-    make_targets,  # noqa: E402
+    LevenbergMarquardt,
+    Objective,
+    make_targets,
+    variable_weights,
 )
 from regv1_jax.io import get_site, site_forcing  # noqa: E402
 
@@ -62,34 +59,30 @@ def main():
     targets = make_targets(site.observations, forcing).with_mask(keep)
     cfg = CalibrationConfig()
     st = SEED_STAGES[a.stage - 1]
-    settings = _Settings.of(cfg)
-    mask = _mask_tree(space, st.free)
-    mask_vec = _stack(space, mask)
-    var_w, ev_w = _weights(st, jnp.float64)
-    pw = jnp.asarray(cfg.prior_weight)
-    u0 = _stack(space, space.to_unconstrained(prior))
-    idx = np.cumsum(np.asarray(mask_vec)) - 1
-    S = jnp.asarray(np.where(np.asarray(mask_vec)[:, None]
-                             & (idx[:, None] == np.arange(MAX_FREE)[None, :]), 1.0, 0.0))
+    lm = LevenbergMarquardt(max_steps=cfg.lm_steps)
+    mask_vec = space.mask(st.free)
+    objective = Objective(prior, mask_vec, variable_weights(st.variables, jnp.float64),
+                          jnp.asarray(1.0 if st.events else 0.0), jnp.asarray(cfg.prior_weight),
+                          forcing, targets, space, cfg.make_solver().for_jacobian(), cfg.events)
+    n_data = len(TARGET_VARIABLES) * forcing.n_years + cfg.events.size
+    u0 = space.vector_to_unconstrained(space.stack(prior))
+    S = lm.selection(mask_vec).astype(u0.dtype)
     k = len(st.free)
-
-    def res(u):
-        return _residuals(u, prior, mask, var_w, ev_w, pw, forcing, targets, space, settings,
-                          "forward")
+    res = objective.residuals
 
     def cost(u):
         return 0.5 * jnp.sum(res(u) ** 2)
 
     if a.vmap > 1:
-        draws = _stack(space, space.to_unconstrained(
+        draws = space.vector_to_unconstrained(space.stack(
             space.sample_prior(jax.random.PRNGKey(cfg.seed), a.vmap - 1, dtype=jnp.float64)))
         u0s = jnp.concatenate([u0[None], jnp.where(mask_vec, draws, u0)], axis=0)
     else:
         u0s = u0[None]
 
     def hand_one(u_start):
-        u, trace, g, it, _ = _levenberg_marquardt(res, u_start, S, settings)
-        return u, it
+        out = lm.solve(res, u_start, S, n_data)
+        return out.u, out.n_iter
 
     Sk = S[:, :k]
 

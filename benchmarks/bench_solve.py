@@ -12,7 +12,7 @@ processes on a shared machine hits every row alike):
 
 * ``ensemble``: ``regv1_jax.simulate_ensemble(draws, forcing)``, the default call (on CPU
   the generated C++ kernel, one call whose OpenMP threads use every core; see
-  ``_ensemble.py``).
+  ``regv1_jax.solve``).
 * ``ensemble_xla``: ``simulate_ensemble(..., kernel=False)``: the pure-XLA path (batch-last
   state in ``lax.scan``, L2-sized chunks, sharded over the XLA devices) - what a GPU runs.
   The script exposes one XLA host device per core unless ``XLA_FLAGS`` says otherwise.
@@ -201,7 +201,6 @@ def run(args):
 
     import regv1_jax as r
     from regv1_jax.model import Layout
-    from regv1_jax.solve import _ensemble
 
     dtype = jnp.float32 if args.dtype == "float32" else jnp.float64
     np_dtype = np.float32 if args.dtype == "float32" else np.float64
@@ -233,8 +232,7 @@ def run(args):
 
     # ---- loop kernels per right-hand-side evaluation --------------------------------------
     probe = space.sample_prior(jax.random.fold_in(key, 3), 1024, dtype=dtype)
-    hlo = _ensemble._run.lower(probe, f_dt, np.array([1024], np.int32), n_lag=3,
-                               steps_per_year=S, chunk=None, devices=None).compile().as_text()
+    hlo = r.solve.ensemble_hlo(probe, f_dt, steps_per_year=S, kernel=False)
     vm_hlo = jax.jit(jax.vmap(lambda q: r.simulate(q, f_dt, method="rk4", steps_per_year=S))
                      ).lower(probe).compile().as_text()
     from regv1_jax.solve import kernel as _kernel

@@ -6,13 +6,12 @@ own API; the ``_private`` modules inside them are free to change).  The layers i
 downwards, in that order.
 """
 
-from . import analysis as analysis
 from . import fit as fit
 from . import io as io
 from . import model as model
-from . import report as report
 from . import solve as solve
 from . import status as status
+from ._paths import data_dir as data_dir
 from ._paths import data_path as data_path
 from .fit import LBFGS as LBFGS
 from .fit import SEED_STAGES as SEED_STAGES
@@ -61,7 +60,6 @@ from .model import grain_for_green as grain_for_green
 from .model import load_param_space as load_param_space
 from .model import make_forcing as make_forcing
 from .model import ramp as ramp
-from .report import write_outputs as write_outputs
 from .solve import RK4 as RK4
 from .solve import STATUS_MESSAGES as STATUS_MESSAGES
 from .solve import Diffrax as Diffrax
@@ -77,3 +75,19 @@ try:  # one source for the version: the package metadata (pyproject.toml)
     __version__ = _version("regv1_jax")
 except _NotFound:  # pragma: no cover - running from a source tree that is not installed
     __version__ = "0+unknown"
+
+
+# The upper layers load on first use (``regv1_jax.analysis``, ``regv1_jax.report``,
+# ``regv1_jax.cli``, ``regv1_jax.write_outputs``): a model run or a fit does not pay for them.
+_LAZY = {"analysis": None, "report": None, "cli": None, "write_outputs": "report"}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'regv1_jax' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    value = getattr(module, name) if _LAZY[name] else module
+    globals()[name] = value
+    return value

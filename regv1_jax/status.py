@@ -44,7 +44,7 @@ _ENTRIES: dict[str, str] = {
     "qoi_nonfinite": "the quantity of interest is non-finite although the solve succeeded",
 }
 
-RESULTS = type(eqx.Enumeration)("RESULTS", (eqx.Enumeration,), {
+RESULTS = type(eqx.Enumeration)("RESULTS", (eqx.Enumeration,), {  # type: ignore[misc]
     "__module__": __name__,
     "__doc__": "Outcome of a solve, a stage, a profile point, a replicate or an evaluation "
                "(an ``eqx.Enumeration``; entries and messages in ``regv1_jax.status``).",

@@ -263,7 +263,7 @@ def test_real_gauge_records_load_as_published(site, area):
     erosion_t/ha times the registry area give the file's runoff_m3 and sediment_t."""
     import hashlib
 
-    from regv1_jax._paths import data_path
+    from regv1_jax import data_path
     from regv1_jax.io import convert_gauge, get_site
 
     path = data_path("yellow_river_tributaries_gauged.csv")
@@ -289,7 +289,7 @@ def test_real_gauge_record_calibrates_end_to_end(tmp_path, cfg_file):
     to end and writes the report; the observed runoff in fit.csv is the file's runoff_m3
     over the area; with no cover or SOM data, r_V, K_V, a1, a2 stay at the prior (stages a
     and b skipped; the joint stage keeps what they could not fit)."""
-    from regv1_jax._paths import data_path
+    from regv1_jax import data_path
 
     out = tmp_path / "out"
     _run(["calibrate", "--site", "Kuye-Wenjiachuan", "--out", str(out), "--config",

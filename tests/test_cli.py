@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from regv1_jax._paths import data_path
+from regv1_jax import data_path
 from regv1_jax.cli import SIM_COLUMNS, main
 
 

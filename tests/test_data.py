@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from regv1_jax._paths import data_dir, data_path
+from regv1_jax import data_dir, data_path
 from regv1_jax.io import (
     OBSERVED,
     REQUIRED_COLUMNS,

@@ -25,7 +25,7 @@ import _hlo  # noqa: E402  (the HLO loop counter, a benchmark tool)
 
 import regv1_jax as r
 from regv1_jax.model import THETA_BISECTIONS, THETA_BISECTIONS_F32, Layout
-from regv1_jax.solve import NONFINITE, OK, _ensemble
+from regv1_jax.solve import NONFINITE, OK, bucket_size
 from regv1_jax.solve import kernel as _kernel
 
 OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
@@ -99,9 +99,7 @@ def test_kernel_is_the_cpu_default_and_one_custom_call():
     draws = _draws(64, jnp.float64)
     f = yanhe_forcing().astype(jnp.float64)
     target = _kernel.target(draws, Layout(), jnp.float64)
-    prm = jnp.stack(jax.tree_util.tree_leaves(draws))
-    hlo = _ensemble._run_kernel.lower(prm, f, np.int32(64), steps_per_year=12, target=target,
-                                      threads=1).compile().as_text()
+    hlo = r.solve.ensemble_hlo(draws, f, steps_per_year=12, kernel=True)
     # The whole time loop is one call of the generated kernel; no XLA loop over time steps
     # (the only loop left is the bisection of the initial soil moisture).
     assert hlo.count("custom_call_target=\"" + target) == 1
@@ -118,18 +116,17 @@ def test_xla_path_fuses_each_rk4_step():
     """
     draws = _draws(256, jnp.float32)
     f = yanhe_forcing().astype(jnp.float32)
-    hlo = _ensemble._run.lower(draws, f, np.array([256], np.int32), n_lag=3,
-                               steps_per_year=12, chunk=None, devices=None).compile().as_text()
+    hlo = r.solve.ensemble_hlo(draws, f, steps_per_year=12, kernel=False)
     per_eval = _hlo.loop_body_fusions(hlo) / (4 * 12)
     assert 1 <= per_eval <= 40, per_eval
 
 
 def test_batch_sizes_in_one_bucket_compile_once():
-    assert _ensemble.bucket_size(1000) == _ensemble.bucket_size(1020) == 1024
-    assert _ensemble.bucket_size(1) == 1 and _ensemble.bucket_size(5) == 5
-    assert _ensemble.bucket_size(77, 32) == 96
+    assert bucket_size(1000) == bucket_size(1020) == 1024
+    assert bucket_size(1) == 1 and bucket_size(5) == 5
+    assert bucket_size(77, 32) == 96
     for n in (1, 7, 100, 999, 12345, 10**6):
-        b = _ensemble.bucket_size(n)
+        b = bucket_size(n)
         assert n <= b <= 1.125 * n + 1
     f = yanhe_forcing()
     a_draws, b_draws = _draws(1000, jnp.float64, seed=1), _draws(1020, jnp.float64, seed=2)

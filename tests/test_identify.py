@@ -8,8 +8,8 @@ import pytest
 
 import regv1_jax as r
 from regv1_jax.analysis import VIF_FLAG, identify_sample, read_replicates
-from regv1_jax.report import write_identify
 from regv1_jax.fit import column_vif, information_eigen
+from regv1_jax.report import write_identify
 
 RHO = 0.95
 NAMES = ("c_E", "omega_E", "b_V")  # linear prior and linear transform: no rescaling

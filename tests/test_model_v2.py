@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax._paths import data_path
+from regv1_jax import data_path
 from regv1_jax.fit import SEED_EVENTS, event_ratios
 from regv1_jax.io import get_site, site_forcing
 from regv1_jax.model import (

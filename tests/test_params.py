@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import regv1_jax as r
-from regv1_jax._paths import data_path
+from regv1_jax import data_path
 
 
 @pytest.mark.parametrize("region", ["LoessPlateau", "ChihuahuanDesert"])

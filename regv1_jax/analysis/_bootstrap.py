@@ -121,7 +121,7 @@ def year_weights(counts, train_idx, n_years: int, n_vars: int = len(TARGET_VARIA
     """Per-cell weights ``(..., n_vars * n_years)`` (variable-major, as ``data_residuals``)
     from per-training-year counts ``(..., n_train)``; 0 outside the training years."""
     counts = jnp.asarray(counts)
-    w = jnp.zeros(counts.shape[:-1] + (n_years,), jnp.float64 if jax.config.jax_enable_x64
+    w = jnp.zeros(counts.shape[:-1] + (n_years,), jnp.float64 if jax.config.read("jax_enable_x64")
                   else jnp.float32).at[..., jnp.asarray(train_idx)].set(counts)
     return jnp.tile(w, (1,) * (w.ndim - 1) + (n_vars,))
 
@@ -253,15 +253,15 @@ def derived_fn(forcing: Forcing, solver: AbstractSolver, planting_start: int | N
     ``DERIVED`` (none without a planting start inside the run) and every target
     variable's simulated series, from solves with ``solver`` (the fit's)."""
     use = _uses_planting(forcing, planting_start)
-    kw = dict(solver=solver)
 
     def fn(p: Params):
-        sim = simulate(p, forcing, **kw)
+        sim = simulate(p, forcing, solver=solver)
         series = jnp.concatenate([simulated(sim, v) for v in TARGET_VARIABLES])
         if not use:
             return jnp.zeros((0,), series.dtype), series
-        s_off = simulate(p, no_planting(forcing), **kw)
+        s_off = simulate(p, no_planting(forcing), solver=solver)
         ps = planting_start
+        assert ps is not None
         rd = _masked_mean(sim.runoff, sim.years < ps) - _masked_mean(sim.runoff,
                                                                        sim.years >= ps + 3)
         wy = _masked_mean(s_off.water_yield - sim.water_yield, sim.years >= ps)

@@ -171,6 +171,7 @@ def map_chunks(
     done = store.open(resume) if store is not None else set()
     resumed = 0
     for i in sorted(done):
+        assert store is not None  # done is empty without a store
         lo, hi = i * chunk, min(n, (i + 1) * chunk)
         put(lo, hi, *store.load(i))
         resumed += 1
@@ -193,6 +194,7 @@ def map_chunks(
                                time.perf_counter() - t0, run_items))
     if say:
         say("\n")
+    assert values is not None  # every chunk was put
     return Evaluation(values, status, time.perf_counter() - t0, resumed)
 
 

@@ -193,9 +193,9 @@ def make_qoi(name: str, ctx: QoIContext) -> QoI:
     if not sep:
         raise ValueError(f"unknown quantity of interest {name!r}; expected {QOI_HELP}")
     try:
-        y0, _, y1 = years.partition("-")
-        y0 = int(y0)
-        y1 = int(y1) if y1 else y0
+        first, _, last = years.partition("-")
+        y0 = int(first)
+        y1 = int(last) if last else y0
     except ValueError:
         raise ValueError(f"{name!r}: expected COLUMN:YEAR or COLUMN:Y0-Y1 with integer "
                          "years") from None

@@ -25,7 +25,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import norm, qmc
 
 __all__ = ["SobolIndices", "saltelli_base", "saltelli_rows", "saltelli_matrix",
            "block_size", "split_outputs", "sobol_indices", "block_ok", "check_power_of_two"]
@@ -48,6 +47,8 @@ def saltelli_base(N: int, d: int, seed: int | None = None, scramble: bool = True
     """The base sequence ``(N, 2d)``: ``qmc.Sobol(2d, scramble, seed).random(N)`` (SALib's
     ``sobol.sample`` with ``skip_values=0``)."""
     check_power_of_two(N)
+    from scipy.stats import qmc  # imported on use: scipy.stats costs ~0.7 s to import
+
     return qmc.Sobol(d=2 * d, scramble=scramble, seed=seed).random(N)
 
 
@@ -194,6 +195,8 @@ def sobol_indices(
     S1, ST, S2 = _point(A, B, AB, BA)
     bS1, bST, bS2 = _bootstrap(jax.random.PRNGKey(seed), A, B, AB, BA, num_resamples)
     a = (1 - conf_level) / 2
+    from scipy.stats import norm
+
     z = norm.ppf(0.5 + conf_level / 2)
 
     def ci(b):
@@ -204,10 +207,11 @@ def sobol_indices(
     s1 = ci(bS1)
     st = ci(bST)
     s2 = ci(bS2) if S2 is not None else (None, None, None)
-    return SobolIndices(np.asarray(S1), *s1, np.asarray(ST), *st,
-                        None if S2 is None else np.asarray(S2), *s2,
-                        n_blocks=int(n_blocks), conf_level=conf_level,
-                        num_resamples=num_resamples)
+    return SobolIndices(
+        S1=np.asarray(S1), S1_lo=s1[0], S1_hi=s1[1], S1_conf=s1[2],
+        ST=np.asarray(ST), ST_lo=st[0], ST_hi=st[1], ST_conf=st[2],
+        S2=None if S2 is None else np.asarray(S2), S2_lo=s2[0], S2_hi=s2[1], S2_conf=s2[2],
+        n_blocks=int(n_blocks), conf_level=conf_level, num_resamples=num_resamples)
 
 
 def unit_to_params(u, names, specs, base):

@@ -1,7 +1,6 @@
 """``regv1 bootstrap`` and the bootstrap options of ``regv1 calibrate --uncertainty``.
 
-Kept out of ``cli.py`` (registered there with ``main.add_command``); the shared CLI helpers
-are imported from ``cli`` inside the functions (``cli`` imports this module)."""
+The bootstrap options are declared once here and used by both commands."""
 
 from __future__ import annotations
 
@@ -11,6 +10,22 @@ import shutil
 from pathlib import Path
 
 import click
+
+from ._common import (
+    CACHE_HELP,
+    calibration_inputs,
+    check_years,
+    cli_errors,
+    command_manifest,
+    compute_context,
+    dtype_option,
+    fit_years_options,
+    no_cache_option,
+    out_dir_options,
+    out_dir_writer,
+    prepare_out_dir,
+    site_options,
+)
 
 __all__ = ["bootstrap", "bootstrap_options", "check_bootstrap_options",
            "run_site_bootstrap", "finish_site_bootstrap", "site_bootstrap"]
@@ -162,22 +177,12 @@ def finish_site_bootstrap(out_path: Path) -> None:
     shutil.rmtree(_chunks_dir(out_path), ignore_errors=True)
 
 
-@click.command()
-@click.option("--site", required=True, help="Site (`regv1 sites`), or a location in --data.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CSV in the seed's schema (default: the site's bundled file).")
-@click.option("--region", default=None, help="Prior region (default: the site's).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              default=None, help="JSON calibration config (as for `regv1 calibrate`).")
-@click.option("--start", type=int, default=None, help="First year (default: first data year).")
-@click.option("--end", type=int, default=None, help="Last year (default: last data year).")
-@click.option("--holdout", default=None, metavar="Y0-Y1|auto|none",
-              help="Years kept out of the fit (as for `regv1 calibrate`).")
-@click.option("--out", type=click.Path(), required=True, help="Output folder.")
-@click.option("--force", is_flag=True, help="Replace a non-empty OUT that regv1 did not write.")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64",
-              show_default=True)
-@click.option("--no-cache", is_flag=True, help="Do not use the compilation cache.")
+@click.command(epilog=CACHE_HELP)
+@site_options
+@fit_years_options
+@out_dir_options
+@dtype_option()
+@no_cache_option
 @bootstrap_options
 def bootstrap(site, data, region, config_file, start, end, holdout, out, force, dtype,
               no_cache, **boot):
@@ -190,15 +195,6 @@ def bootstrap(site, data, region, config_file, start, end, holdout, out, force, 
     docs/methods.md, "Block bootstrap")."""
     import time
 
-    from ._main import (
-        calibration_inputs,
-        check_years,
-        cli_errors,
-        command_manifest,
-        compute_context,
-        out_dir_writer,
-        prepare_out_dir,
-    )
 
     check_years(start, end, min_years=2)
     check_bootstrap_options(boot)

@@ -8,7 +8,7 @@ host.  Every jitted function that contains a solve then fails JAX's check ("Not 
 persistent cache entry ... because it uses host callbacks") and is compiled again on every
 run.  :func:`cacheable_traces` traces with those checks as ``NaN`` outputs instead (the
 ``EQX_ON_ERROR=nan`` behaviour): a failed check then shows up as a non-finite solve, which
-``simulate`` already reports as ``status == 3``.  Our solves pass ``throw=False``, so no
+``simulate`` already reports as ``status == NONFINITE``.  Our solves pass ``throw=False``, so no
 other runtime error is lost.
 
 The library never touches this on import; the CLI opts in around its computations.

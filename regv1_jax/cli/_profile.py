@@ -1,5 +1,5 @@
 """``regv1 profile`` and ``regv1 identify``: profile likelihood and identifiability of a
-site's calibration (registered on the ``regv1`` group by :func:`register`).
+site's calibration.
 
 Both start from a point fit: a fresh ``calibrate_site`` (the same options and config as
 ``regv1 calibrate``), or ``--from-calibration DIR`` (the params.json, and metrics.json's
@@ -15,46 +15,34 @@ from pathlib import Path
 
 import click
 
-from ._main import (
+from ..status import code
+from ._common import (
     CACHE_HELP,
+    calibration_inputs,
     check_years,
     cli_errors,
     command_manifest,
     compute_context,
+    fit_years_options,
+    no_cache_option,
+    out_dir_options,
     out_dir_writer,
     prepare_out_dir,
+    site_options,
 )
 
 
-def _common(f):
+def _inputs_options(f):
     """Options shared by both commands (the inputs of the point fit)."""
-    opts = [
-        click.option("--site", required=True,
-                     help="Site (`regv1 sites`), or a location in --data."),
-        click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="CSV in the seed's schema (default: the site's bundled file)."),
-        click.option("--region", default=None, help="Prior region (default: the site's)."),
-        click.option("--from-calibration", "from_cal",
+    f = no_cache_option(f)
+    f = out_dir_options(f)
+    f = fit_years_options(f)
+    f = click.option("--from-calibration", "from_cal",
                      type=click.Path(exists=True, file_okay=False), default=None,
                      help="Folder of an earlier `regv1 calibrate` (params.json: the estimate "
                      "and the calibrated set; metrics.json: the holdout years) with the same "
-                     "data and config; default: calibrate first."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                     default=None, help="Calibration config JSON (as for regv1 calibrate)."),
-        click.option("--start", type=int, default=None,
-                     help="First year (default: first data year)."),
-        click.option("--end", type=int, default=None,
-                     help="Last year (default: last data year or the holdout's end)."),
-        click.option("--holdout", default=None, metavar="Y0-Y1|auto|none",
-                     help="Years kept out of the fit (as for regv1 calibrate)."),
-        click.option("--out", type=click.Path(), required=True, help="Output folder."),
-        click.option("--force", is_flag=True,
-                     help="Replace a non-empty OUT that regv1 did not write."),
-        click.option("--no-cache", is_flag=True, help="Do not use the compilation cache."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+                     "data and config; default: calibrate first.")(f)
+    return site_options(f)
 
 
 def _read_calibration(folder: str, space, site: str) -> dict:
@@ -98,8 +86,6 @@ def _read_calibration(folder: str, space, site: str) -> dict:
 def _inputs(site, data, region, from_cal, config_file, start, end, holdout):
     """Checked inputs (before any compilation): ``calibrate``'s (``calibration_inputs``)
     and the earlier calibration folder, if any."""
-    from ._main import calibration_inputs
-
     check_years(start, end, min_years=2)
     cfg, s, space, _, _, y0, y1 = calibration_inputs(
         site, data, region, config_file, start, end, None, None, None, holdout, None, None)
@@ -143,7 +129,7 @@ def _manifest_inputs(s, config_file, calib, extra=None):
 
 
 @click.command("profile", epilog=CACHE_HELP)
-@_common
+@_inputs_options
 @click.option("--param", "params", multiple=True,
               help="Also profile this parameter (repeatable; the seed's thresholds "
               "theta_star and SOM_star are always profiled).")
@@ -206,7 +192,7 @@ def echo_profiles(profs) -> None:
     for p in profs:
         flags = [w for w, on in (("open below", p.open_lower), ("open above", p.open_upper),
                                  ("FLAT", p.flat)) if on]
-        nc = int((p.status == 1).sum())
+        nc = int((p.status == code("not_converged")).sum())
         failed = (f", {len(p.failed)} failed points" if p.failed else "") + \
             (f", {nc} points not converged (--lm-steps)" if nc else "")
         click.echo(f"  {p.name} = {p.estimate:.4g}: 95% LR [{p.ci[0]:.4g}, {p.ci[1]:.4g}]"
@@ -214,7 +200,7 @@ def echo_profiles(profs) -> None:
 
 
 @click.command("identify", epilog=CACHE_HELP)
-@_common
+@_inputs_options
 @click.option("--replicates", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Parameter vectors (e.g. bootstrap replicates): CSV with one column per "
               "parameter (optional status column; rows not 0/ok dropped) or NPZ "
@@ -264,9 +250,3 @@ def identify_cmd(site, data, region, from_cal, config_file, start, end, holdout,
                    + ", ".join(f"{n} {v:+.2f}" for n, v in
                                list(i.sloppy(1)[0]["loadings"].items())[:3])
                    + f" (information {i.information[0]:.3g})")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(profile_cmd)
-    group.add_command(identify_cmd)
-

@@ -260,9 +260,9 @@ def load_config(path: str | Path, base: CalibrationConfig | None = None) -> Cali
         raise CalibrationError(f"{path}: unknown config key(s) {sorted(unknown)}; known: "
                                f"{list(CONFIG_KEYS)}")
     for key, value in doc.items():
-        err = CONFIG_KEYS[key][1](value)
-        if err:
-            raise CalibrationError(f"{path}: config key {key!r} {err}, got {value!r}")
+        problem = CONFIG_KEYS[key][1](value)
+        if problem:
+            raise CalibrationError(f"{path}: config key {key!r} {problem}, got {value!r}")
     kw = dict(doc)
     if "stages" in kw:
         stages = []

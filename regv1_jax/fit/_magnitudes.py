@@ -22,7 +22,7 @@ from ..solve import Simulation, simulate
 __all__ = ["REGION_AREAS_KM2", "regional_magnitudes"]
 
 # Areas used to turn depths into regional volumes (stated assumptions, docs/methods.md).
-REGION_AREAS_KM2 = {
+REGION_AREAS_KM2: dict[str, dict[str, float | None]] = {
     # Loess Plateau extent commonly given as ~640,000 km2.
     "LoessPlateau": {"regional": 640_000.0,
                      # GTGP area implied by 0.712 Tg C/yr at ~0.35 t C/ha/yr (assumption)

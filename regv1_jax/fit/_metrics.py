@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..io import Observations
@@ -11,7 +13,7 @@ from ._objective import TARGET_VARIABLES, simulated
 __all__ = ["SEED_CRITERIA", "fit_metrics", "split_metrics", "seed_criteria"]
 
 # The seed's goodness-of-fit targets.
-SEED_CRITERIA = {"R2_min": 0.7, "R2_variables": ("veg_cover_%", "SOM_%"),
+SEED_CRITERIA: dict[str, Any] = {"R2_min": 0.7, "R2_variables": ("veg_cover_%", "SOM_%"),
                  "holdout_rRMSE_max": 0.20}
 
 

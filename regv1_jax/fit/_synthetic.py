@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -100,12 +101,13 @@ _NOISE_KIND = {
 # Columns of the (n_years, 8) block of standard normals, in draw order.
 NOISE_COLUMNS = tuple(c for c in OBSERVED if c != "rainfall_mm")
 # Solver settings of every twin: float64, tight tolerances.
-SOLVER = {"method": "tsit5", "rtol": 1e-10, "atol": 1e-12, "max_steps": 65_536,
-          "dtype": "float64"}
+SOLVER: dict[str, Any] = {"method": "tsit5", "rtol": 1e-10, "atol": 1e-12,
+                          "max_steps": 65_536,
+                          "dtype": "float64"}
 
 
 def _require_x64() -> None:
-    if not jax.config.jax_enable_x64:
+    if not jax.config.read("jax_enable_x64"):
         raise RuntimeError(
             "synthetic twins are generated in float64: call "
             "jax.config.update('jax_enable_x64', True) before make_twin"
@@ -223,7 +225,7 @@ def _frame(location: str, years: np.ndarray, rainfall: np.ndarray, values: dict,
         })
         if int(year) in depth_years:
             for depth in DEPTHS:
-                row = {c: np.nan for c in COLUMNS}
+                row: dict[str, object] = {c: np.nan for c in COLUMNS}
                 row.update(year=int(year), location=location, depth_cm=depth,
                            source=source)
                 row["SOM_%"] = values[f"SOM_{depth}_%"][i]

@@ -19,7 +19,7 @@ __all__ = ["observation_warnings", "year_range_warnings", "params_file_warnings"
 FAR_YEARS = 10
 
 
-def observation_warnings(obs, path: str | Path) -> list[str]:
+def observation_warnings(obs, path: str | Path | None) -> list[str]:
     """Warnings about a site's observations (``Observations``) read from ``path``.
 
     - every cover value <= 1 %: probably fractions (0.28) given where percent (28) is meant;

@@ -1,4 +1,5 @@
-"""Read and validate the observation CSVs, the validation-site table and the site registry.
+"""Read and validate the observation CSVs of the seed's schema: one location's rows ->
+:class:`Observations`.
 
 pandas reads every cell as a raw string; this module checks each one and turns a location's
 rows into an :class:`Observations` pytree of NumPy arrays with explicit masks. Missing cells

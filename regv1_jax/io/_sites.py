@@ -80,7 +80,7 @@ def get_site(name: str, data: str | Path | None = None, region: str | None = Non
         intensity=float(entry.get("storm_intensity_mm_min", 1.0)),
         planting_start=entry.get("planting_start"),
         psi_eng=float(entry.get("psi_eng", 0.0)),
-        area_km2=entry.get("area_km2"),
+        area_km2=None if entry.get("area_km2") is None else float(entry["area_km2"]),
         data_file=path,
         observations=obs,
     )

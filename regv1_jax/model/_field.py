@@ -9,11 +9,12 @@ always arrive as arguments, never by closure (the backsolve adjoint needs that).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Int
 
 from ._forcing import Forcing
 from ._params import Params
@@ -93,11 +94,11 @@ class Layout:
 class Drivers(NamedTuple):
     """Forcing values for one year, with the intensity factors evaluated once."""
 
-    P: object  # mm yr^-1
-    runoff_intensity: object  # (i / i_ref)^omega
-    erosion_intensity: object  # (i_ref / i)^omega_E
-    psi_plant: object
-    psi_eng: object
+    P: Any  # mm yr^-1 (a JAX or numpy array, or a float)
+    runoff_intensity: Any  # (i / i_ref)^omega
+    erosion_intensity: Any  # (i_ref / i)^omega_E
+    psi_plant: Any
+    psi_eng: Any
 
 
 def drivers(p: Params, P, i, psi_plant, psi_eng) -> Drivers:
@@ -275,7 +276,7 @@ def driver_series(forcing: Forcing) -> tuple:
     return (forcing.rainfall, forcing.intensity, forcing.psi_plant, forcing.psi_eng)
 
 
-def year_drivers(p: Params, forcing: Forcing, k: int = 0) -> Drivers:
+def year_drivers(p: Params, forcing: Forcing, k: int | Int[Array, ""] = 0) -> Drivers:
     """The drivers of forcing year ``k`` (default the start year)."""
     return drivers(p, *(x[k] for x in driver_series(forcing)))
 

@@ -75,11 +75,11 @@ class Forcing(eqx.Module):
 
     def numpy(self) -> Forcing:
         """The same forcing with numpy leaves (for the scipy reference)."""
-        return Forcing(
-            *(np.asarray(getattr(self, k), dtype=np.float64)
-              for k in ("rainfall", "intensity", "psi_plant", "psi_eng")),
-            self.start,
-        )
+        def f64(x):
+            return np.asarray(x, dtype=np.float64)
+
+        return Forcing(f64(self.rainfall), f64(self.intensity), f64(self.psi_plant),
+                       f64(self.psi_eng), self.start)
 
 
 def grain_for_green(start: int, end: int, planting_start: int | None = 1999,
@@ -159,4 +159,5 @@ def make_forcing(
     for name, s in (("psi_plant", pp), ("psi_eng", pe)):
         if np.any((s < 0) | (s > 1)):
             raise ValueError(f"forcing {name!r} must lie in [0, 1], got {s}")
-    return Forcing(*(jnp.asarray(x, dtype=dtype) for x in (P, i, pp, pe)), start)
+    return Forcing(jnp.asarray(P, dtype), jnp.asarray(i, dtype), jnp.asarray(pp, dtype),
+                   jnp.asarray(pe, dtype), start)

@@ -127,9 +127,6 @@ class Params(eqx.Module):
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
 SEED_PARAM_NAMES: tuple[str, ...] = PARAM_NAMES[:9]
-
-PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
-SEED_PARAM_NAMES: tuple[str, ...] = PARAM_NAMES[:9]
 assert set(UNITS) == set(PARAM_NAMES)
 
 
@@ -271,7 +268,7 @@ class ParamSpace(eqx.Module):
             scalar (or batch) sum of ``-0.5 ((s(x) - s(value)) / sd)^2``.
         """
         names = PARAM_NAMES if names is None else tuple(names)
-        total = 0.0
+        total = jnp.asarray(0.0)
         for name in names:
             x = jnp.asarray(getattr(params, name))
             total = total - 0.5 * self.spec(name).standardised(x) ** 2
@@ -336,7 +333,7 @@ class ParamSpace(eqx.Module):
             where = f"region {self.region!r}, parameter {name!r} in {path.name}"
             raw = entry.get("value") if isinstance(entry, Mapping) else entry
             try:
-                value = float(raw)
+                value = float(raw)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 raise ParameterError(f"{where}: value must be a number, got {raw!r}") from None
             spec = self.spec(name)

@@ -124,7 +124,8 @@ def params_json(cal: SiteCalibration, boot=None) -> dict:
         if boot is not None and name in boot.intervals and entry["source"] == "calibrated":
             bootstrap_entry(entry, boot, name)
         block[name] = entry
-    meta = {"site": cal.site, "dtype": cal.dtype, "data": cal.observations.source_file}
+    meta: dict[str, object] = {"site": cal.site, "dtype": cal.dtype,
+                               "data": cal.observations.source_file}
     if boot is not None:
         meta["bootstrap"] = bootstrap_settings(boot)
     return {cal.region: block, "_meta": meta}

@@ -180,6 +180,7 @@ def plot_correlation(cal: SiteCalibration, path: Path):
     from matplotlib.patches import Rectangle
 
     ident = cal.identifiability
+    assert ident is not None, "no local identifiability to draw"
     names = ident["names"]
     C = np.asarray(ident["corr"])
     fig, ax = plt.subplots(figsize=(1.6 + 0.45 * len(names), 1.2 + 0.45 * len(names)))

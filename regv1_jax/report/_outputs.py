@@ -182,16 +182,16 @@ def atomic_out_dir(out: str | Path, manifest_doc: Mapping | None = None) -> Iter
 def atomic_files(targets: Sequence[str | Path]) -> Iterator[list[Path]]:
     """Yield one temporary path beside each target; once the block ends without error,
     rename every one into place (else remove them all and leave the targets untouched)."""
-    targets = [Path(t).expanduser() for t in targets]
-    tmps = []
+    paths = [Path(t).expanduser() for t in targets]
+    tmps: list[Path] = []
     try:
-        for t in targets:
+        for t in paths:
             t.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=t.suffix, dir=t.parent)
             os.close(fd)
             tmps.append(Path(name))
         yield tmps
-        for tmp, t in zip(tmps, targets):
+        for tmp, t in zip(tmps, paths):
             os.replace(tmp, t)
     except BaseException:
         for tmp in tmps:

@@ -4,6 +4,7 @@ CPU kernel) and the scipy reference."""
 from ._ensemble import SMALL_BATCH as SMALL_BATCH
 from ._ensemble import bucket_size as bucket_size
 from ._ensemble import chunk_size as chunk_size
+from ._ensemble import ensemble_hlo as ensemble_hlo
 from ._ensemble import simulate_ensemble as simulate_ensemble
 from ._reference import OUTPUT_KEYS as OUTPUT_KEYS
 from ._reference import solve_scipy as solve_scipy

@@ -41,7 +41,7 @@ from . import kernel as _kernel
 from ._simulate import NONFINITE, OK, Simulation, observe, simulate, with_forcing
 from ._solvers import rk4_grid
 
-__all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "SMALL_BATCH"]
+__all__ = ["simulate_ensemble", "bucket_size", "chunk_size", "SMALL_BATCH", "ensemble_hlo"]
 
 # At or below this many members the XLA path vmaps the per-sample solve.
 SMALL_BATCH = 64
@@ -287,3 +287,26 @@ def _kernel_ensemble(params, forcing, B, *, steps_per_year, target, size, device
     fields, treedef = jax.tree_util.tree_flatten(out)
     return jax.tree_util.tree_unflatten(
         treedef, jax.device_put([np.asarray(x)[:B] for x in fields], device))
+
+
+def ensemble_hlo(params: Params, forcing: Forcing, *, steps_per_year: int = 12,
+                 n_lag: int = N_LAG_DEFAULT, kernel: bool = True, threads: int = 1) -> str:
+    """The optimised HLO text of the compiled ensemble call for a batch like ``params``
+    (an introspection hook for tests and benchmarks): with ``kernel`` the CPU kernel path
+    (one custom call; the kernel must be available), else the XLA path on one device
+    without chunks.  Nothing is run."""
+    layout = Layout(n_lag)
+    B = int(np.shape(jax.tree_util.tree_leaves(params)[0])[0])
+    if kernel:
+        name = _kernel.target(params, layout, np.dtype(params.dtype))
+        if name is None:
+            raise RuntimeError("the RK4 kernel is not available on this machine")
+        prm = jnp.stack(jax.tree_util.tree_leaves(params))
+        lowered = _run_kernel.lower(prm, forcing, np.int32(B), steps_per_year=steps_per_year,
+                                    target=name, threads=threads)
+    else:
+        lowered = _run.lower(params, forcing, np.array([B], np.int32), n_lag=n_lag,
+                             steps_per_year=steps_per_year, chunk=None, devices=None)
+    text = lowered.compile().as_text()
+    assert text is not None
+    return text

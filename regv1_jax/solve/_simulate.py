@@ -27,7 +27,7 @@ OK, MAX_STEPS, SOLVER_FAILED, NONFINITE = (code(n) for n in (
     "successful", "max_steps_reached", "solver_failed", "nonfinite"))
 STATUS_MESSAGES = {c: MESSAGES[c] for c in (OK, MAX_STEPS, SOLVER_FAILED, NONFINITE)}
 
-Years = Float[Array, " years"]
+Years = Float[Array, "*batch years"]
 
 
 class Simulation(eqx.Module):
@@ -45,10 +45,10 @@ class Simulation(eqx.Module):
             ``STATUS_MESSAGES``).
     """
 
-    years: Int[Array, " years"]
+    years: Int[Array, "*batch years"]
     V: Years
     SOM: Years
-    SOM_layers: Float[Array, "years 3"]
+    SOM_layers: Float[Array, "*batch years 3"]
     theta: Years
     rainfall: Years
     runoff: Years
@@ -57,7 +57,7 @@ class Simulation(eqx.Module):
     water_yield: Years
     erosion: Years
     storage_change: Years
-    status: Int[Array, ""]
+    status: Int[Array, "*batch"]
 
     @property
     def ok(self) -> Bool[Array, ""]:

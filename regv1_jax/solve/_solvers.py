@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
@@ -48,10 +49,11 @@ __all__ = ["AbstractSolver", "Diffrax", "RK4", "METHODS", "ADJOINTS", "solver_fr
 OK = code("successful")
 
 # Diffrax solvers by the names ``simulate(method=...)`` and the config take.
-METHODS: dict[str, type[dfx.AbstractSolver] | None] = {
-    "tsit5": dfx.Tsit5, "dopri8": dfx.Dopri8, "kvaerno5": dfx.Kvaerno5, "rk4": None}
+DIFFRAX_METHODS: dict[str, type[dfx.AbstractSolver]] = {
+    "tsit5": dfx.Tsit5, "dopri8": dfx.Dopri8, "kvaerno5": dfx.Kvaerno5}
+METHODS = (*DIFFRAX_METHODS, "rk4")
 # Diffrax adjoints by name.
-ADJOINTS = {
+ADJOINTS: dict[str, Callable[[], dfx.AbstractAdjoint]] = {
     "checkpoint": dfx.RecursiveCheckpointAdjoint,
     "backsolve": lambda: dfx.BacksolveAdjoint(solver=dfx.Tsit5()),
     "forward": dfx.ForwardMode,  # for jax.jacfwd (Gauss-Newton, Fisher information)
@@ -174,9 +176,9 @@ def solver_from(method: str = "tsit5", *, adjoint: str = "checkpoint",
                 max_steps: int = 16_384, steps_per_year: int = 12) -> AbstractSolver:
     """The solver object of a ``method`` name (``METHODS``) and its settings."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {tuple(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if method == "rk4":
         return RK4(steps_per_year)
     if adjoint not in ADJOINTS:
         raise ValueError(f"unknown adjoint {adjoint!r}; choose one of {tuple(ADJOINTS)}")
-    return Diffrax(METHODS[method](), ADJOINTS[adjoint](), rtol, atol, max_steps)
+    return Diffrax(DIFFRAX_METHODS[method](), ADJOINTS[adjoint](), rtol, atol, max_steps)

@@ -19,7 +19,7 @@ from pathlib import Path
 import equinox as eqx
 
 from ..model import ParamSpace
-from ..solve import AbstractSolver, solver_from
+from ..solve import AbstractSolver, KernelRK4, solver_from
 from ._objective import SEED_EVENTS, TARGET_VARIABLES, EventConstraints
 from ._optimise import LBFGS, AbstractOptimiser, Adam, LevenbergMarquardt
 
@@ -107,7 +107,7 @@ class CalibrationConfig:
     lbfgs_steps: int = 60     # Optax L-BFGS iterations (when optimizer == "lbfgs")
     gtol: float = 1e-3   # converged: |grad| <= gtol (1 + |loss|) and the loss moved by
     ftol: float = 1e-6   # at most ftol (1 + |loss|) over the last 10 iterations
-    method: str = "tsit5"
+    method: str = "rk4"
     rtol: float = 1e-6
     atol: float = 1e-6
     steps_per_year: int = 12
@@ -118,7 +118,11 @@ class CalibrationConfig:
     events: EventConstraints = SEED_EVENTS
 
     def make_solver(self) -> AbstractSolver:
-        """The solver object of ``method`` (and ``rtol``, ``atol``, ``steps_per_year``)."""
+        """The solver object of ``method`` (and ``rtol``, ``atol``, ``steps_per_year``):
+        ``"rk4"`` is ``solve.KernelRK4`` (the CPU kernels, forward values and forward-mode
+        Jacobians; the XLA RK4 path where they are not available: the same numbers)."""
+        if self.method == "rk4":
+            return KernelRK4(self.steps_per_year)
         return solver_from(self.method, rtol=self.rtol, atol=self.atol,
                            steps_per_year=self.steps_per_year)
 
@@ -200,8 +204,10 @@ CONFIG_KEYS: dict[str, tuple[str, Callable]] = {
     "gtol": ("converged when |gradient| <= gtol (1 + |loss|) (number > 0)", _number(0)),
     "ftol": ("... and the loss moved by at most ftol (1 + |loss|) over the last 10 "
              "iterations (number > 0)", _number(0)),
-    "method": ("solver inside the fit: \"tsit5\" (adaptive, diffrax) or \"rk4\" (fixed "
-               "steps)", _one_of("tsit5", "rk4")),
+    "method": ("solver inside the fit: \"rk4\" (default: steps_per_year fixed steps, run by "
+               "the generated CPU kernels with forward-mode Jacobians from the tangent "
+               "kernel; the XLA RK4 path on other devices) or \"tsit5\" (adaptive, diffrax "
+               "forward-mode adjoint)", _one_of("tsit5", "rk4")),
     "rtol": ("relative tolerance of tsit5 (number > 0)", _number(0)),
     "atol": ("absolute tolerance of tsit5 (number > 0)", _number(0)),
     "steps_per_year": ("rk4 steps per year (even integer >= 2)", _check_steps_per_year),

@@ -4,13 +4,14 @@ correlation matrix, VIF and the flags of params.json."""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Forcing, Params, ParamSpace
+from ..model import PARAM_NAMES, Forcing, Layout, Params, ParamSpace
 from ..solve import simulate
 from ._config import CalibrationConfig
 from ._objective import TARGET_VARIABLES, Targets, data_residuals, event_residuals
@@ -53,20 +54,40 @@ def physical_residual_fn(space: ParamSpace, names, base: Params, forcing: Forcin
     event constraints (weighted as in the fit); prior rows: the standardised prior of each
     free parameter, unweighted."""
     specs = [space.spec(n) for n in names]
-    solver = cfg.make_solver().for_jacobian()
-
-    def fn(svec):
-        vals = {sp.name: (jnp.exp(svec[i]) if sp.transform_scale == "log" else svec[i])
-                for i, sp in enumerate(specs)}
-        p = dataclasses.replace(jax.lax.stop_gradient(base), **vals)
-        sim = simulate(p, forcing, solver=solver)
-        r_data = data_residuals(sim, targets, TARGET_VARIABLES)
-        r_ev = event_residuals(p, cfg.events) * (1.0 if events else 0.0)
-        r_prior = jnp.stack([sp.standardised(vals[sp.name]) for sp in specs])
-        return jnp.concatenate([r_data, r_ev]), r_prior
-
+    fn = functools.partial(_physical_residuals, base=base, forcing=forcing, targets=targets,
+                           space=space, names=tuple(names),
+                           solver=cfg.make_solver().for_jacobian(), events=cfg.events,
+                           use_events=bool(events))
     s0 = np.array([_on_transform_scale(sp, float(getattr(base, sp.name))) for sp in specs])
     return fn, s0
+
+
+def _physical_residuals(svec, *, base, forcing, targets, space, names, solver, events,
+                        use_events):
+    idx = [PARAM_NAMES.index(n) for n in names]
+    log = np.array([space.spec(n).transform_scale == "log" for n in names])
+    vals = jnp.where(log, jnp.exp(jnp.where(log, svec, 0.0)), svec)
+    x = jax.lax.stop_gradient(space.stack(base)).at[np.asarray(idx)].set(vals)
+    p = space.unstack(x)
+    sim = solver.simulation_of_vector(x, forcing, Layout())
+    if sim is None:
+        sim = simulate(p, forcing, solver=solver)
+    r_data = data_residuals(sim, targets, TARGET_VARIABLES)
+    r_ev = event_residuals(p, events) * (1.0 if use_events else 0.0)
+    r_prior = space.vector_standardised(x)[np.asarray(idx)]
+    return jnp.concatenate([r_data, r_ev]), r_prior
+
+
+@eqx.filter_jit
+def _physical_jacobian(s0, base, forcing, targets, space, names, solver, events, use_events):
+    """``((J_data, J_prior), (r_data, r_prior))`` at ``s0`` (one compiled function)."""
+    def both(sv):
+        out = _physical_residuals(sv, base=base, forcing=forcing, targets=targets,
+                                  space=space, names=names, solver=solver, events=events,
+                                  use_events=use_events)
+        return out, out
+
+    return jax.jacfwd(both, has_aux=True)(s0)
 
 
 def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
@@ -92,12 +113,10 @@ def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
     names = list(names)
     k = len(names)
     specs = [space.spec(n) for n in names]
-    fn, s0 = physical_residual_fn(space, names, params, forcing, targets, cfg, events)
-    def both(sv):
-        out = fn(sv)
-        return out, out
-
-    (J_d, J_p), (r_d, _) = jax.jacfwd(both, has_aux=True)(jnp.asarray(s0))
+    _, s0 = physical_residual_fn(space, names, params, forcing, targets, cfg, events)
+    (J_d, J_p), (r_d, _) = _physical_jacobian(
+        jnp.asarray(s0), params, forcing, targets, space, tuple(names),
+        cfg.make_solver().for_jacobian(), cfg.events, bool(events))
     J_d, J_p, r_d = np.asarray(J_d), np.asarray(J_p), np.asarray(r_d)
     J_d = np.where(np.isfinite(J_d), J_d, 0.0)
     n_rows = int(sum(targets.count().values())) + (cfg.events.size if events else 0)

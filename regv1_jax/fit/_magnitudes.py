@@ -4,7 +4,6 @@ decrease, SOC sequestration and its timing, hydrological stabilisation."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..model import (
@@ -17,7 +16,7 @@ from ..model import (
     rates,
     year_drivers,
 )
-from ..solve import Simulation, simulate
+from ..solve import AbstractSolver, Simulation, simulate, solver_from
 
 __all__ = ["REGION_AREAS_KM2", "regional_magnitudes"]
 
@@ -39,7 +38,8 @@ def _annual_soc_change(sim: Simulation, params: Params) -> np.ndarray:
 
 
 def regional_magnitudes(params: Params, forcing: Forcing, region: str,
-                        planting_start: int | None, method: str = "tsit5") -> dict:
+                        planting_start: int | None, method: str = "tsit5",
+                        solver: AbstractSolver | None = None) -> dict:
     """The seed's regional targets computed from the calibrated model.
 
     Definitions (docs/methods.md): runoff decrease = mean annual runoff before planting
@@ -48,16 +48,18 @@ def regional_magnitudes(params: Params, forcing: Forcing, region: str,
     WY(planting); SOC sequestration = mean 0-40 cm SOC gain over the planting years times
     the GTGP area; SOC timing = years after planting start to reach half of the 100-year
     SOC gain; hydrological stabilisation = 3 e-folding times of the soil-water bucket.
+    Solves with ``solver`` (default: the one of ``method``).
     """
+    solver = solver or solver_from(method)
     areas = REGION_AREAS_KM2.get(region, {"regional": None, "gtgp": None})
     out: dict = {"areas_km2": areas}
-    sim = simulate(params, forcing, method=method)
+    sim = simulate(params, forcing, solver=solver)
     years = np.asarray(sim.years)
     if planting_start is None or not (years[0] < planting_start <= years[-1]):
         out["note"] = "no planting start inside the simulated years: scenario targets skipped"
         return out
     off = simulate(params, make_forcing(forcing.start, forcing.end, forcing.rainfall,
-                                        forcing.intensity, 0.0, forcing.psi_eng), method=method)
+                                        forcing.intensity, 0.0, forcing.psi_eng), solver=solver)
     before = years < planting_start
     after = years >= planting_start + 3
     dq_mm = float(np.mean(np.asarray(sim.runoff)[before]) - np.mean(np.asarray(sim.runoff)[after]))
@@ -87,7 +89,7 @@ def regional_magnitudes(params: Params, forcing: Forcing, region: str,
                           float(np.mean(np.asarray(forcing.psi_eng))))
     i0 = int(np.searchsorted(years, planting_start))
     p_long = params.replace(V0=float(sim.V[i0]), SOM0=float(sim.SOM[i0]))
-    long = simulate(p_long, f_long, method=method)
+    long = simulate(p_long, f_long, solver=solver)
     soc = np.cumsum(np.concatenate([[0.0], _annual_soc_change(long, p_long)]))
     gain = soc[-1] - soc[0]
     t_half = float(np.argmax(soc - soc[0] >= 0.5 * gain)) if gain > 0 else float("nan")
@@ -107,11 +109,15 @@ def _bucket_timescale(params: Params, sim: Simulation, forcing: Forcing) -> dict
     y[4] = float(sim.theta[-1])
     som = float(sim.SOM[-1])
     y[layout.y] = som
-    d = year_drivers(params, forcing, -1)
+    p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+    d = year_drivers(p, forcing.numpy(), -1)
 
-    def dth(th):
-        return rates(jnp.asarray(y).at[4].set(th), params, d, layout)[4]
+    def dth(th):  # numpy (the reference equations): eager JAX ops cost ~1 s here
+        z = y.copy()
+        z[4] = th
+        return rates(z, p, d, layout, xp=np)[4]
 
-    k = -float(jax.grad(dth)(jnp.asarray(y[4])))
+    h = 1e-6 * max(abs(y[4]), 1e-3)
+    k = -float((dth(y[4] + h) - dth(y[4] - h)) / (2 * h))  # central difference
     tau = 1.0 / k if k > 0 else float("inf")
     return {"efold_years": tau, "three_efold_years": 3 * tau, "target_years": 3.0}

@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..io import OBSERVED, Observations
-from ..model import Forcing, Params, ParamSpace, infiltration_cover
+from ..model import Forcing, Layout, Params, ParamSpace, infiltration_cover
 from ..solve import AbstractSolver, Simulation, simulate
 
 __all__ = ["TARGET_VARIABLES", "DEFAULT_SPREADS", "Targets", "make_targets", "simulated",
@@ -227,7 +227,9 @@ class Objective(eqx.Module):
         x = jnp.where(self.mask, self.space.vector_to_constrained(u),
                       jax.lax.stop_gradient(self.space.stack(self.base)))
         p = self.space.unstack(x)
-        sim = simulate(p, self.forcing, solver=self.solver)
+        sim = self.solver.simulation_of_vector(x, self.forcing, Layout())
+        if sim is None:
+            sim = simulate(p, self.forcing, solver=self.solver)
         n = self.forcing.n_years
         r_data = data_residuals(sim, self.targets, TARGET_VARIABLES) * jnp.repeat(
             jnp.sqrt(self.var_w), n)

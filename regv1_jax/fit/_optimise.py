@@ -16,7 +16,6 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 from jaxtyping import Array, Bool, Float, Int
 
 __all__ = ["OptimiseResult", "AbstractOptimiser", "Adam", "LevenbergMarquardt", "LBFGS",
@@ -51,6 +50,8 @@ class Adam(eqx.Module):
         """``(u, trace)`` after ``steps`` Adam iterations on the free coordinates."""
         if self.steps == 0:
             return u0, jnp.zeros((0,), u0.dtype)
+        import optax  # imported on use: the default optimiser (LM) needs none of it
+
         adam = optax.adam(self.learning_rate)
 
         def step(carry, _):
@@ -200,6 +201,8 @@ class LBFGS(AbstractOptimiser):
         return self.warmup.steps + self.steps + 1
 
     def minimise(self, residuals, loss, u0, mask, n_data):
+        import optax
+
         adam = optax.adam(self.warmup.learning_rate)
         lbfgs = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
             max_backtracking_steps=15, store_grad=True))

@@ -197,7 +197,8 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
             f"{obs.source_file}: {obs.location!r} has no observations in the training years "
             f"{years[0]}-{years[-1]} outside the holdout {hold}")
     fitted, stages = calibrate_stages(space, params, forcing, train, cfg, progress=progress)
-    sim = simulate(fitted, forcing, method=cfg.method if cfg.method != "rk4" else "tsit5")
+    solver = cfg.make_solver()
+    sim = simulate(fitted, forcing, solver=solver)
     metrics = split_metrics(obs, sim, hold)
     free_names = fitted_names(stages)
     events = any(st.events for st, res in zip(cfg.stages, stages) if res.skipped is None)
@@ -207,7 +208,8 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
             progress(f"local identifiability over {len(free_names)} parameters (jacfwd)")
         ident = local_identifiability(space, fitted, forcing, train, free_names, cfg,
                                       events=events)
-    magnitudes = regional_magnitudes(fitted, forcing, space.region, planting_start)
+    magnitudes = regional_magnitudes(fitted, forcing, space.region, planting_start,
+                                     solver=solver)
     t_years = years[keep]
     return SiteCalibration(
         site=obs.location, region=space.region, params=fitted, prior=params, space=space,
@@ -217,5 +219,5 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
         holdout_rule=hold_rule, initial_state_note=init_note,
         metrics=metrics, criteria=seed_criteria(metrics), identifiability=ident,
         magnitudes=magnitudes, config=cfg, dtype=str(params.dtype),
-        prior_sim=simulate(params, forcing),
+        prior_sim=simulate(params, forcing, solver=solver),
     )

@@ -106,10 +106,7 @@ def staged_problem(space: ParamSpace, stages: tuple[Stage, ...], n_starts: int, 
     var_w = jnp.stack([variable_weights(st.variables, dtype) for st in stages])
     ev_w = jnp.asarray([1.0 if st.events else 0.0 for st in stages], dtype)
     n_draws = max(n_starts - 1, 1)
-    draws = jnp.stack([
-        space.vector_to_unconstrained(space.stack(
-            space.sample_prior(jax.random.fold_in(key, i), n_draws, dtype=dtype)))
-        for i in range(len(stages))])[:, : max(n_starts - 1, 0)]
+    draws = _prior_draws(space, key, len(stages), n_draws, dtype)[:, : max(n_starts - 1, 0)]
     n_pad = max((pad_to or 0) - len(stages), 0)
     if n_pad:
         masks = jnp.concatenate([masks, jnp.zeros((n_pad,) + masks.shape[1:], bool)])
@@ -117,6 +114,15 @@ def staged_problem(space: ParamSpace, stages: tuple[Stage, ...], n_starts: int, 
         ev_w = jnp.concatenate([ev_w, jnp.zeros((n_pad,), dtype)])
         draws = jnp.concatenate([draws, jnp.zeros((n_pad,) + draws.shape[1:], dtype)])
     return StagedProblem(masks, var_w, ev_w, draws)
+
+
+@eqx.filter_jit
+def _prior_draws(space: ParamSpace, key, n_stages: int, n_draws: int, dtype):
+    """``(n_stages, n_draws, n_params)`` unconstrained prior draws, stage ``i`` from
+    ``fold_in(key, i)`` (one compiled call, not one eager op per parameter and stage)."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_stages))
+    return jax.vmap(lambda k: space.vector_to_unconstrained(space.stack(
+        space.sample_prior(k, n_draws, dtype=dtype))))(keys)
 
 
 class _StageOutput(eqx.Module):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
 from ._field import (
@@ -209,6 +208,8 @@ def equilibria(
     # Newton polish of the full reduced system from each bracketed root.
     def polish(V):
         z0 = _full_state(V, p, d, layout)
+        import optimistix as optx  # imported on use (0.2 s at package import)
+
         sol = optx.root_find(lambda z, _: _core_rates(z, p, d, layout), optx.Newton(
             rtol=1e-10, atol=1e-12), z0, max_steps=32, throw=False)
         z = jnp.where(sol.result == optx.RESULTS.successful, sol.value, z0)

@@ -284,14 +284,18 @@ class ParamSpace(eqx.Module):
         """
         shape = () if n is None else (n,)
         keys = jax.random.split(key, len(self.specs))
-        out = {}
-        for k, spec in zip(keys, self.specs):
-            lo_s, hi_s = ci_on_scale(spec)
-            a = (lo_s - spec.prior_mean) / spec.prior_sd
-            b = (hi_s - spec.prior_mean) / spec.prior_sd
-            z = jax.random.truncated_normal(k, a, b, shape, dtype=dtype or jnp.float32)
-            s = spec.prior_mean + spec.prior_sd * z
-            out[spec.name] = jnp.exp(s) if spec.scale == "log" else s
+        ci = np.array([ci_on_scale(s) for s in self.specs])
+        mean = np.array([s.prior_mean for s in self.specs])
+        sd = np.array([s.prior_sd for s in self.specs])
+        # One vmapped draw for every parameter (parameter j from keys[j]: the values of
+        # one call per parameter, in a handful of operations instead of 40 calls).
+        z = jax.vmap(lambda k, a, b: jax.random.truncated_normal(
+            k, a, b, shape, dtype=dtype or jnp.float32))(
+            keys, (ci[:, 0] - mean) / sd, (ci[:, 1] - mean) / sd)
+        col = (-1,) + (1,) * len(shape)
+        s = jnp.asarray(mean.reshape(col), z.dtype) + jnp.asarray(sd.reshape(col), z.dtype) * z
+        out = {spec.name: (jnp.exp(s[j]) if spec.scale == "log" else s[j])
+               for j, spec in enumerate(self.specs)}
         return Params(**out)
 
     # --- subsets -------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Solving: solver objects, simulate and its annual outputs, the batched ensemble (with the
-CPU kernel) and the scipy reference."""
+CPU kernel), the kernel-backed RK4 solver and the scipy reference."""
 
 from ._ensemble import SMALL_BATCH as SMALL_BATCH
 from ._ensemble import bucket_size as bucket_size
 from ._ensemble import chunk_size as chunk_size
 from ._ensemble import ensemble_hlo as ensemble_hlo
 from ._ensemble import simulate_ensemble as simulate_ensemble
+from ._kernel_rk4 import KernelRK4 as KernelRK4
+from ._kernel_rk4 import kernel_fields as kernel_fields
 from ._reference import OUTPUT_KEYS as OUTPUT_KEYS
 from ._reference import solve_scipy as solve_scipy
 from ._reference import solve_scipy_grid as solve_scipy_grid

@@ -200,6 +200,12 @@ def simulate(
     Returns:
         :class:`Simulation`; where ``status != 0`` every output is NaN.
     """
+    if solver is not None:
+        if forcing.n_years < 1:
+            raise ValueError("forcing must cover at least one year")
+        sim = solver.simulation(params, forcing, Layout(n_lag))
+        if sim is not None:  # the solver computed the annual outputs itself (the kernel)
+            return sim
     ys, status = solve_grid(
         params, forcing, method=method, adjoint=adjoint, rtol=rtol, atol=atol,
         max_steps=max_steps, steps_per_year=steps_per_year, n_lag=n_lag, solver=solver,

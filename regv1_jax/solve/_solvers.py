@@ -70,6 +70,17 @@ class AbstractSolver(eqx.Module):
         (``RESULTS``: successful, max_steps_reached or solver_failed; non-finite states
         are judged by the caller)."""
 
+    def simulation(self, params: Params, forcing: Forcing, layout: Layout):
+        """The ``Simulation`` computed by the solver itself, or None (the default):
+        ``simulate`` then observes the state grid of :meth:`solve_grid`."""
+        return None
+
+    def simulation_of_vector(self, x: Float[Array, " n_params"], forcing: Forcing,
+                             layout: Layout):
+        """As :meth:`simulation` for the parameters stacked in ``PARAM_NAMES`` order (a
+        fit's vector: no unstacking into ``Params`` and stacking back), or None."""
+        return None
+
     def for_jacobian(self) -> AbstractSolver:
         """This solver, set up to be differentiated in forward mode (``jax.jacfwd``)."""
         return self

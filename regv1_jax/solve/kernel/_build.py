@@ -62,24 +62,36 @@ CXXFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c+
 LDFLAGS = ("-shared", "-fopenmp")
 
 
-def kernel_source(p_def, layout, dtype) -> str:
-    """The complete C++ source of the kernel for a ``Params`` treedef, layout and dtype."""
+def kernel_source(p_def, layout, dtype, jvp: bool = False) -> str:
+    """The complete C++ source of the kernel for a ``Params`` treedef, layout and dtype.
+
+    ``jvp``: the kernel of the forward sensitivity system (the same RK4 driver on the state
+    ``(y, dy)`` with parameters ``(p, dp)``, from ``jax.jvp`` of the model's functions):
+    its results are the ``FIELDS`` and then their tangents along ``dp``.  RK4 applied to the
+    sensitivity system is the derivative of the RK4 solution (explicit Runge-Kutta
+    schemes commute with differentiation), so the tangents equal ``jax.jvp`` of
+    ``simulate(method="rk4")`` up to rounding."""
     dtype = np.dtype(dtype)
-    parts = rhs_source(p_def, layout, dtype)
+    parts = rhs_source(p_def, layout, dtype, jvp=jvp)
     parts.pop("equations")
-    parts.update(observation_source(p_def, layout, dtype))
-    parts.update(initial_source(p_def, layout, dtype))
+    parts.update(observation_source(p_def, layout, dtype, jvp=jvp))
+    parts.update(initial_source(p_def, layout, dtype, jvp=jvp))
     ctype, utype, ffi_t = (("float", "uint32_t", "F32") if dtype == np.float32
                            else ("double", "uint64_t", "F64"))
     # where each OBSERVED output goes: result array (FIELDS) and column
     place = {key: (r, c) for r, (_, keys) in enumerate(FIELDS) for c, key in enumerate(keys)}
     field, col = zip(*(place[key] for key in OBSERVED))
+    widths = [len(keys) for _, keys in FIELDS]
+    if jvp:  # the tangent of output k goes to the same column of result array NR + FIELD[k]
+        field = field + tuple(f + len(FIELDS) for f in field)
+        col, widths = col + col, widths + widths
     src = _DRIVER
     for k, v in dict(VMATH=_VMATH, CTYPE=ctype, UTYPE=utype, W=BLOCK[dtype],
-                     WS=64 // dtype.itemsize, GROUPS=GROUPS, D=layout.size, FFI=ffi_t,
-                     NR=len(FIELDS), FIELD=", ".join(map(str, field)),
+                     WS=64 // dtype.itemsize, GROUPS=GROUPS,
+                     D=layout.size * (2 if jvp else 1), FFI=ffi_t,
+                     NR=len(widths), FIELD=", ".join(map(str, field)),
                      COL=", ".join(map(str, col)),
-                     WIDTH=", ".join(str(len(keys)) for _, keys in FIELDS), **parts).items():
+                     WIDTH=", ".join(map(str, widths)), **parts).items():
         src = src.replace(f"@{k}@", str(v))
     return src
 
@@ -142,8 +154,9 @@ def _build(src: str) -> str | None:
 _LIBS: dict = {}
 
 
-def target(params, layout: Layout, dtype) -> str | None:
-    """The FFI target name of the kernel for this model and dtype (built on first use).
+def target(params, layout: Layout, dtype, jvp: bool = False) -> str | None:
+    """The FFI target name of the kernel for this model and dtype (built on first use;
+    ``jvp``: the forward sensitivity kernel).
 
     ``params``: a ``Params`` (any leaf shapes) or its treedef.  ``None`` when the kernel
     cannot be built (no compiler, ``REGV1_NO_KERNEL`` set, an unknown primitive).
@@ -152,13 +165,13 @@ def target(params, layout: Layout, dtype) -> str | None:
         return None
     if not isinstance(params, jax.tree_util.PyTreeDef):
         params = jax.tree_util.tree_structure(params)
-    return _target(params, layout, np.dtype(dtype))
+    return _target(params, layout, np.dtype(dtype), jvp)
 
 
 @functools.cache
-def _target(p_def, layout, dtype):
+def _target(p_def, layout, dtype, jvp=False):
     try:
-        src = kernel_source(p_def, layout, dtype)
+        src = kernel_source(p_def, layout, dtype, jvp)
     except ValueError as e:  # a primitive the generator does not know
         warnings.warn(f"regv1_jax: no RK4 kernel for this model ({e}); using the XLA path",
                       stacklevel=3)
@@ -171,7 +184,7 @@ def available(params, layout: Layout, dtype) -> bool:
 
 
 def rk4_observed(name: str, prm, forcing_values, steps_per_year: int, threads: int,
-                 nvalid=None):
+                 nvalid=None, jvp: bool = False):
     """Call the kernel: ``prm (NP, B)`` (the parameter leaves, stacked), ``forcing_values
     (NY, 4)`` (rainfall, intensity, psi_plant, psi_eng of each year, shared by every member)
     -> ``(fields, finite)``: ``fields`` maps each of ``FIELDS``' names to its ``(B, NY)``
@@ -182,16 +195,21 @@ def rk4_observed(name: str, prm, forcing_values, steps_per_year: int, threads: i
 
     ``nvalid`` (a traced integer, default ``B``): members from there on are padding and are
     not solved (zero outputs, ``finite`` 1).
+
+    ``jvp`` (``name`` a ``target(..., jvp=True)``): ``prm`` is ``(2 NP, B)``, the parameters
+    and then their tangents; ``fields`` holds the outputs and, under ``"d" + field``, their
+    tangents.
     """
     B = prm.shape[1]
     NY = forcing_values.shape[0]
     nvalid = jnp.asarray(B if nvalid is None else nvalid, jnp.int32).reshape(1)
-    out = tuple(jax.ShapeDtypeStruct((B, NY) + ((len(keys),) if len(keys) > 1 else ()),
-                                     prm.dtype)
-                for _, keys in FIELDS) + (jax.ShapeDtypeStruct((B,), jnp.int32),)
+    names = [f for f, _ in FIELDS] + (["d" + f for f, _ in FIELDS] if jvp else [])
+    widths = [len(keys) for _, keys in FIELDS] * (2 if jvp else 1)
+    out = tuple(jax.ShapeDtypeStruct((B, NY) + ((k,) if k > 1 else ()), prm.dtype)
+                for k in widths) + (jax.ShapeDtypeStruct((B,), jnp.int32),)
     *fields, finite = jax.ffi.ffi_call(name, out)(
         prm, forcing_values, nvalid, steps=np.int64(steps_per_year), threads=np.int64(threads))
-    return dict(zip((f for f, _ in FIELDS), fields)), finite
+    return dict(zip(names, fields)), finite
 
 
 def vector_math(name: str, op: str, x: np.ndarray) -> np.ndarray:

@@ -245,6 +245,27 @@ def _scalar_rhs(p_treedef, n_params, layout):
     return f
 
 
+def _scalar_rhs_jvp(p_treedef, n_params, layout):
+    """The right-hand side of the forward sensitivity system: parameters ``(p, dp)``
+    (``2 n_params``), the year's forcing, state ``(y, dy)`` (``2 D``) -> ``(f, df)`` with
+    ``df`` the JVP of ``drivers`` + ``rate_terms`` along ``(dp, dy)``."""
+    D = layout.size
+
+    def f(*flat):
+        p, dp = (jax.tree_util.tree_unflatten(p_treedef, flat[k * n_params:(k + 1) * n_params])
+                 for k in range(2))
+        fv = flat[2 * n_params:2 * n_params + N_FORCING]
+        z = flat[2 * n_params + N_FORCING:]
+
+        def g(p, y):
+            return rate_terms(y, p, drivers(p, *fv), layout, jnp)
+
+        out, tan = jax.jvp(g, (p, tuple(z[:D])), (dp, tuple(z[D:])))
+        return tuple(out) + tuple(tan)
+
+    return f
+
+
 class SegmentEmitter(Emitter):
     """Prints a scalar jaxpr with ``fori_loop``s (``scan`` without per-iteration inputs or
     outputs) as vectorisable C++: straight-line *segments*, each one SIMD loop over the
@@ -324,8 +345,10 @@ class SegmentEmitter(Emitter):
         return "\n  ".join(out)
 
 
-def rhs_source(p_def, layout: Layout, dtype) -> dict:
-    """C++ of one right-hand-side evaluation, from ``drivers`` and ``rate_terms``, by level.
+def rhs_source(p_def, layout: Layout, dtype, jvp: bool = False) -> dict:
+    """C++ of one right-hand-side evaluation, from ``drivers`` and ``rate_terms``, by level
+    (``jvp``: of the forward sensitivity system, parameters ``(p, dp)`` and state
+    ``(y, dy)``, from ``jax.jvp`` of the same functions).
 
     The loops over lane ``i`` read ``P[j * W + i]`` (parameter leaf ``j``), ``DR[j * W + i]``
     (the year's forcing ``j``: rainfall, intensity, psi_plant, psi_eng), ``X[c * W + i]``
@@ -335,7 +358,12 @@ def rhs_source(p_def, layout: Layout, dtype) -> dict:
     """
     n_p, D = p_def.num_leaves, layout.size
     s = jax.ShapeDtypeStruct((), dtype)
-    closed = jax.make_jaxpr(_scalar_rhs(p_def, n_p, layout))(*[s] * (n_p + N_FORCING + D))
+    if jvp:
+        fn = _scalar_rhs_jvp(p_def, n_p, layout)
+        n_p, D = 2 * n_p, 2 * D
+    else:
+        fn = _scalar_rhs(p_def, n_p, layout)
+    closed = jax.make_jaxpr(fn)(*[s] * (n_p + N_FORCING + D))
     em = Emitter()
     args = ([(0, f"P[{j} * W + i]", True) for j in range(n_p)]
             + [(1, f"DR[{j} * W + i]", True) for j in range(N_FORCING)]
@@ -360,32 +388,43 @@ def rhs_source(p_def, layout: Layout, dtype) -> dict:
                                hoisted_loads=len(em.stores[0]) + len(em.stores[1])))
 
 
-def initial_source(p_def, layout: Layout, dtype) -> dict:
+def initial_source(p_def, layout: Layout, dtype, jvp: bool = False) -> dict:
     """C++ of the initial state, from ``drivers`` and ``initial_terms``: reads ``P`` and the
     first year's forcing ``DR``, writes ``Y[c * W + i]`` (the bisection of the initial soil
-    moisture becomes a counted loop)."""
+    moisture becomes a counted loop); ``jvp``: ``(y0, dy0)`` from ``(p, dp)``."""
     n_p = p_def.num_leaves
 
     def f(*flat):
         p = jax.tree_util.tree_unflatten(p_def, flat[:n_p])
         return initial_terms(p, drivers(p, *flat[n_p:]), layout, jnp)
 
+    def f_jvp(*flat):
+        p, dp = (jax.tree_util.tree_unflatten(p_def, flat[k * n_p:(k + 1) * n_p])
+                 for k in range(2))
+        fv = flat[2 * n_p:]
+        out, tan = jax.jvp(lambda q: initial_terms(q, drivers(q, *fv), layout, jnp),
+                           (p,), (dp,))
+        return tuple(out) + tuple(tan)
+
     s = jax.ShapeDtypeStruct((), dtype)
-    closed = jax.make_jaxpr(f)(*[s] * (n_p + N_FORCING))
+    n_in = (2 if jvp else 1) * n_p
+    closed = jax.make_jaxpr(f_jvp if jvp else f)(*[s] * (n_in + N_FORCING))
+    n_p, size = n_in, (2 if jvp else 1) * layout.size
     em = SegmentEmitter()
     args = ([(2, f"P[{j} * W + i]", True) for j in range(n_p)]
             + [(2, f"DR[{j} * W + i]", True) for j in range(N_FORCING)])
     outs = em.jaxpr(closed.jaxpr, closed.consts, args)
-    if len(outs) != layout.size:
+    if len(outs) != size:
         raise ValueError(f"initial_terms returned {len(outs)} components, the layout has "
-                         f"{layout.size}")
+                         f"{size}")
     return dict(INIT=em.render([f"Y[{c} * W + i] = {em.ref(o)};" for c, o in enumerate(outs)]))
 
 
-def observation_source(p_def, layout: Layout, dtype) -> dict:
+def observation_source(p_def, layout: Layout, dtype, jvp: bool = False) -> dict:
     """C++ of the observation step of a year, from ``observe_year``: reads ``P`` and the
     states at the start (``S0``), middle (``S1``) and end (``Y``) of the year, writes the
-    outputs ``OB[k * W + i]`` in ``OBSERVED`` order."""
+    outputs ``OB[k * W + i]`` in ``OBSERVED`` order (``jvp``: the outputs, then their
+    tangents, from parameters ``(p, dp)`` and states ``(y, dy)``)."""
     n_p, D = p_def.num_leaves, layout.size
 
     def f(*flat):
@@ -393,8 +432,19 @@ def observation_source(p_def, layout: Layout, dtype) -> dict:
         s0, s1, y = (tuple(flat[n_p + k * D:n_p + (k + 1) * D]) for k in range(3))
         return observe_year(s0, s1, y, p, layout)
 
+    def f_jvp(*flat):
+        p, dp = (jax.tree_util.tree_unflatten(p_def, flat[k * n_p:(k + 1) * n_p])
+                 for k in range(2))
+        z = [flat[2 * n_p + k * 2 * D:2 * n_p + (k + 1) * 2 * D] for k in range(3)]
+        out, tan = jax.jvp(lambda q, a, b, c: observe_year(a, b, c, q, layout),
+                           (p, *(tuple(zk[:D]) for zk in z)),
+                           (dp, *(tuple(zk[D:]) for zk in z)))
+        return tuple(out) + tuple(tan)
+
     s = jax.ShapeDtypeStruct((), dtype)
-    closed = jax.make_jaxpr(f)(*[s] * (n_p + 3 * D))
+    n_in, D_in = (2 * n_p, 2 * D) if jvp else (n_p, D)
+    closed = jax.make_jaxpr(f_jvp if jvp else f)(*[s] * (n_in + 3 * D_in))
+    n_p, D = n_in, D_in
     em = Emitter()  # every input at the evaluation level: nothing hoisted (once a year)
     args = ([(2, f"P[{j} * W + i]", True) for j in range(n_p)]
             + [(2, f"{a}[{c} * W + i]", True) for a in ("S0", "S1", "Y") for c in range(D)])

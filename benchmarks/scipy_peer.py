@@ -384,17 +384,18 @@ def library_starts(space: ParamSpace, n_starts: int, seed: int = 0, stage: int =
     ``calibrate_stages(..., CalibrationConfig(n_starts=n_starts, seed=seed))`` starts stage
     number ``stage`` (besides the warm start): the draws of ``fit.staged_problem``."""
     import jax
-    import jax.numpy as jnp
+
+    from regv1_jax.fit import prior_starts
 
     if n_starts <= 1:
         return np.zeros((0, N_PARAMS))
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), stage)
-    draws = space.sample_prior(key, n_starts - 1, dtype=jnp.float64)
-    return np.asarray(space.stack(draws), np.float64)
+    u = prior_starts(space, jax.random.PRNGKey(seed), stage + 1, n_starts - 1)[stage]
+    return space.host_to_constrained(u)
 
 
 def fit_stages(space: ParamSpace, params: Params, forcing: Forcing, targets: Targets,
                stages: Sequence[Stage] = SEED_STAGES, *, extra_starts=None,
+               stage_starts: Mapping[int, np.ndarray] | None = None,
                events: EventConstraints = SEED_EVENTS, prior_weight: float = 1.0,
                method: str = "RK45", rtol: float = 1e-6, atol: float = 1e-6,
                max_nfev: int | None = None, objective: NumpyObjective | None = None,
@@ -412,6 +413,8 @@ def fit_stages(space: ParamSpace, params: Params, forcing: Forcing, targets: Tar
       the best final loss is kept): physical vectors ``(k, N_PARAMS)`` in ``PARAM_NAMES``
       order, or ``Params`` with a leading batch axis, of which only the first stage's free
       coordinates are used (:func:`library_starts` gives the library's draws);
+    - ``stage_starts``: further starts of any stage, ``{stage index: physical vectors}``
+      (``extra_starts`` is ``{0: extra_starts}``); each stage's free coordinates are used;
     - ``events``, ``prior_weight``: as in the ``CalibrationConfig``;
     - ``method``, ``rtol``, ``atol``: ``solve_ivp``'s;
     - ``max_nfev``: ``least_squares``' cap per start (None: scipy's default, 100 n);
@@ -429,8 +432,9 @@ def fit_stages(space: ParamSpace, params: Params, forcing: Forcing, targets: Tar
     x = as_vector(params).copy()
     if x.ndim != 1:
         raise ValueError("fit_stages starts from one parameter set (scalar leaves)")
-    extra = np.zeros((0, N_PARAMS)) if extra_starts is None else \
-        np.atleast_2d(as_vector(extra_starts))
+    more = {int(k): np.atleast_2d(as_vector(v)) for k, v in (stage_starts or {}).items()}
+    if extra_starts is not None:
+        more[0] = np.atleast_2d(as_vector(extra_starts))
     solves0, failed0 = obj.n_solves, obj.n_failed
     out = []
     t_all, c_all = time.perf_counter(), time.process_time()
@@ -438,8 +442,7 @@ def fit_stages(space: ParamSpace, params: Params, forcing: Forcing, targets: Tar
         idx = np.array([PARAM_NAMES.index(n) for n in st.free])
         fun, v_warm = obj.stage_function(st, x)
         starts = [v_warm]
-        if i == 0:
-            starts += [obj.transform.to_unconstrained(e)[idx] for e in extra]
+        starts += [obj.transform.to_unconstrained(e)[idx] for e in more.get(i, ())]
         hist: list[tuple[float, float]] = []
         t0 = time.perf_counter()
         n_solves0 = obj.n_solves

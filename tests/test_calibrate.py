@@ -89,6 +89,21 @@ def test_noise_free_twin_is_recovered_nearly_exactly(exact):
     assert stages[-1].final_loss < 1e-3
 
 
+def test_kept_stages_alone_branch_is_the_screen_0_fit(setup, exact):
+    """On this twin the basin stage does not pay for its parameters: the branch of the
+    seed's stages alone is kept, and it is the fit of ``screen: 0`` (the seed's stages
+    without the search), to rounding."""
+    space, prior, forcing = setup
+    _, targets, p, stages = exact
+    assert stages[0].screen["kept"] == "stages_alone"
+    p0, s0 = calibrate_stages(space, prior, forcing, targets,
+                              dataclasses.replace(CFG, screen=0))
+    assert [s.name for s in s0] == [s.name for s in stages]
+    for name in r.PARAM_NAMES:
+        assert float(getattr(p, name)) == pytest.approx(float(getattr(p0, name)),
+                                                       rel=1e-9, abs=1e-12), name
+
+
 def test_each_stage_reports_its_work(exact):
     _, _, _, stages = exact
     for s in stages:
@@ -143,7 +158,8 @@ def test_stage_without_data_keeps_prior_and_says_so(setup, exact):
     no_som = targets.drop(["SOM_%", "SOM_0-10_%", "SOM_10-20_%", "SOM_20-40_%"])
     cfg = dataclasses.replace(CFG, stages=NO_EVENTS[:2])
     p, stages = calibrate_stages(space, prior, forcing, no_som, cfg)
-    assert stages[1].skipped and "no observations" in stages[1].skipped
+    soil = {s.name: s for s in stages}["b_soil_carbon"]
+    assert soil.skipped and "no observations" in soil.skipped
     assert float(p.a1) == float(prior.a1) and float(p.a2) == float(prior.a2)
 
 
@@ -210,13 +226,17 @@ def test_site_calibration_writes_the_report(setup, tmp_path):
     assert cal.metrics["veg_cover_%"]["training"]["R2"] > 0.9
     ident = cal.identifiability
     C = np.asarray(ident["corr"])
-    assert ident["names"] == ["r_V", "K_V", "a1", "a2"]
-    assert C.shape == (4, 4) and np.allclose(np.diag(C), 1.0)
+    names = ident["names"]
+    # Every fitted parameter of every stage that ran (the basin stage's too, when kept).
+    assert set(names) == {m for s in cal.stages for m in s.fitted} and len(set(names)) == len(names)
+    assert {"r_V", "K_V", "a1", "a2"} <= set(names)
+    k = len(names)
+    ok = np.isfinite(np.diag(C))
+    assert C.shape == (k, k) and np.allclose(np.diag(C)[ok], 1.0)
     pairs = {tuple(p["pair"]): p for p in ident["pairs"]}
     assert {("a1", "a2"), ("r_V", "K_V")} <= set(pairs)  # the seed's pairs are always listed
-    names = ident["names"]
-    for i in range(4):  # every |r| > 0.9 of the matrix is listed and flagged, nothing else
-        for j in range(i + 1, 4):
+    for i in range(k):  # every |r| > 0.9 of the matrix is listed and flagged, nothing else
+        for j in range(i + 1, k):
             strong = abs(C[i, j]) > 0.9
             p = pairs.get((names[i], names[j]))
             assert (p is not None and p["flag"]) == strong

@@ -120,3 +120,31 @@ def test_calibration_through_the_kernel_equals_the_xla_rk4_fit():
     xla = r.fit.fit_staged(*args, dataclasses.replace(cfg.fit_settings(), solver=RK4()))
     np.testing.assert_allclose(np.asarray(kern.u), np.asarray(xla.u), rtol=1e-8, atol=1e-8)
     np.testing.assert_array_equal(np.asarray(kern.status), np.asarray(xla.status))
+
+
+def test_batched_forcing_takes_the_kernel_when_copies_agree_and_xla_otherwise():
+    """A vmapped forcing (a bootstrap's batched stage-skip flag broadcasts it): the values and a
+    forward-mode derivative equal the XLA path both when every copy is the same (the kernel
+    runs) and when the copies differ (the XLA RK4 runs per member)."""
+    space, p = loess()
+    f = yanhe_forcing(1995, 2004)
+    free = space.select("r_V", "K_V", "ET_p")
+    v0 = free.pack(p)
+    V = v0 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), (3,) + v0.shape)
+    rain = jnp.asarray(f.rainfall)
+    same = jnp.stack([rain] * 3)
+    differ = rain * jnp.asarray([0.8, 1.0, 1.2])[:, None]
+
+    def runner(solver):
+        def one(v, x):
+            g = dataclasses.replace(f, rainfall=x)
+            return _outputs(r.simulate(free.unpack(v, p), g, solver=solver))
+        both = jax.jit(jax.vmap(lambda v, x: jax.jvp(lambda u: one(u, x), (v,), (v,))))
+        return lambda rains: tuple(np.asarray(a) for a in both(V, rains))
+
+    kern, xla = runner(KernelRK4()), runner(RK4())
+    for rains in (same, differ):
+        (vk, jk), (vx, jx) = kern(rains), xla(rains)
+        np.testing.assert_allclose(vk, vx, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(jk, jx, rtol=1e-9, atol=1e-10)
+    assert not np.allclose(vx[0], vx[2])

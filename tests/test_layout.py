@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "regv1_jax"
 # Bottom to top; a module may import its own layer and those below it.
-LAYERS = {"status": 0, "_paths": 0, "model": 1, "io": 2, "solve": 3, "fit": 4, "analysis": 5,
-          "report": 6, "cli": 7}
+LAYERS = {"status": 0, "_paths": 0, "_traces": 0, "model": 1, "io": 2, "solve": 3, "fit": 4,
+          "analysis": 5, "science": 6, "report": 7, "cli": 8}
 MAX_LINES = 600
 
 

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     obs = r.get_site("Yanhe-basin").observations
     targets = r.make_targets(obs, f)
     cfg = r.CalibrationConfig(stages=r.SEED_STAGES[:1], n_starts=2, lm_steps=2,
-                              method="rk4", steps_per_year=4, holdout=None)
+                              method="rk4", steps_per_year=4, holdout=None, screen=64)
     fitted, res = r.calibrate_stages(space, p, f, targets, cfg)
     assert res[0].iterations >= 1
     try:

@@ -20,6 +20,7 @@ from ._bootstrap import replicate_status as replicate_status
 from ._bootstrap import resample_counts as resample_counts
 from ._bootstrap import stationary_indices as stationary_indices
 from ._bootstrap import year_weights as year_weights
+from ._calibrated import site_bootstrap as site_bootstrap
 from ._dgsm import DGSM as DGSM
 from ._dgsm import dgsm as dgsm
 from ._dgsm import model_unit_fn as model_unit_fn

@@ -421,11 +421,10 @@ def point_residual_fn(setup: ProfileSetup, name: str, value: float,
 def setup_from_calibration(cal) -> ProfileSetup:
     """The :class:`ProfileSetup` of a finished ``calibrate_site`` (its estimate, training
     targets, calibrated set and whether its objective held the event constraints)."""
-    from ..fit import fitted_names, training_targets
+    from ..fit import fitted_names, training_targets, used_events
 
-    run = [(st, res) for st, res in zip(cal.config.stages, cal.stages) if res.skipped is None]
     free = fitted_names(cal.stages)
-    events = any(st.events for st, _ in run)
+    events = used_events(cal.config, cal.stages)
     targets = training_targets(cal.observations, cal.forcing, cal.holdout_years,
                                cal.params.dtype)
     return ProfileSetup(cal.space, cal.params, cal.forcing, targets, tuple(free), cal.config,

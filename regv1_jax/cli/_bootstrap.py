@@ -28,7 +28,7 @@ from ._common import (
 )
 
 __all__ = ["bootstrap", "bootstrap_options", "check_bootstrap_options",
-           "run_site_bootstrap", "finish_site_bootstrap", "site_bootstrap"]
+           "run_site_bootstrap", "finish_site_bootstrap"]
 
 
 def bootstrap_options(f):
@@ -73,22 +73,6 @@ def _chunks_dir(out_path: Path) -> Path:
     return Path(str(out_path) + ".bootstrap_chunks")
 
 
-def site_bootstrap(cal, **kw):
-    """The block bootstrap of a :class:`SiteCalibration`: its training targets (spreads
-    from the training cells, holdout masked, as ``calibrate_site``), its fitted
-    parameters, its config (``bootstrap_study`` keywords in ``kw``)."""
-    from ..analysis import bootstrap_study
-    from ..fit import fitted_names, training_targets
-
-    targets = training_targets(cal.observations, cal.forcing, cal.holdout_years,
-                               cal.params.dtype)
-    names = fitted_names(cal.stages)
-    if not names:
-        raise ValueError("no stage fitted any parameter: nothing to bootstrap")
-    return bootstrap_study(cal.space, cal.params, cal.forcing, targets, cal.config, names,
-                           **kw)
-
-
 def run_site_bootstrap(cal, out_path: Path, boot: dict, t0: float, planting_start):
     """Run ``site_bootstrap`` with the CLI's options; chunks stream to
     ``OUT.bootstrap_chunks`` (removed by :func:`finish_site_bootstrap`)."""
@@ -104,6 +88,8 @@ def run_site_bootstrap(cal, out_path: Path, boot: dict, t0: float, planting_star
     click.echo(f"[{time.time() - t0:6.1f}s] block bootstrap: B = {boot['B']}, "
                f"{boot['scheme']} blocks, block length {boot['block_length']} (staged "
                "refits batched; the first chunk includes compilation)")
+    from ..analysis import site_bootstrap
+
     res = site_bootstrap(cal, B=boot["B"], block_length=boot["block_length"],
                          scheme=boot["scheme"], seed=boot["bootstrap_seed"],
                          planting_start=planting_start, chunk=boot["boot_chunk"],
@@ -200,7 +186,7 @@ def bootstrap(site, data, region, config_file, start, end, holdout, out, force, 
     check_bootstrap_options(boot)
     out_path = prepare_out_dir(out, force)
     cfg, s, space, obs, ftable, y0, y1 = calibration_inputs(
-        site, data, region, config_file, start, end, None, None, None, holdout, None, None)
+        site, data, region, config_file, start, end, holdout=holdout)
     from ..fit import calibrate_site
     from ..io import site_forcing
     from ..report import write_bootstrap

@@ -57,10 +57,14 @@ def _show_config(ctx, _param, value):
 @click.option("--starts", "n_starts", type=click.IntRange(min=1), default=None,
               help="Starts per stage (>= 1; default: the config's, 8).")
 @click.option("--method", type=click.Choice(["tsit5", "rk4"]), default=None,
-              help="Solver inside the fit (default tsit5: diffrax adjoint gradients).")
+              help="Solver inside the fit (default rk4: fixed steps by the generated kernels, "
+              "forward-mode derivatives; tsit5: diffrax, adaptive, adjoint gradients).")
 @dtype_option()
 @click.option("--seed", type=click.IntRange(min=0), default=None,
-              help="Random seed of the prior starts (>= 0).")
+              help="Random seed of the prior starts and of the global start search (>= 0).")
+@click.option("--screen", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Prior draws of the global start search before the stages (default: the "
+              "config's, 10000; 0: none, and no basin stage: the seed's stages alone).")
 @no_cache_option
 @dry_run_option
 @forcing_option
@@ -74,8 +78,8 @@ def _show_config(ctx, _param, value):
               "section and the `regv1 bootstrap` files (see --B, --block-length, --scheme).")
 @bootstrap_options
 def calibrate(site, data, region, out, force, config_file, start, end, n_starts, method,
-              dtype, seed, no_cache, dry_run, holdout, forcing_file, area_km2, uncertainty,
-              **boot):
+              dtype, seed, screen, no_cache, dry_run, holdout, forcing_file, area_km2,
+              uncertainty, **boot):
     """Staged calibration of a site; writes params.json, fit.csv, metrics.json, figures,
     report.md / report.html and manifest.json into OUT (all at once, when the run ends)."""
     import time
@@ -84,8 +88,9 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
     check_bootstrap_options(boot)
     out_path = prepare_out_dir(out, force)
     cfg, s, space, obs, ftable, y0, y1 = calibration_inputs(
-        site, data, region, config_file, start, end, n_starts, method, seed, holdout,
-        forcing_file, area_km2)
+        site, data, region, config_file, start, end, holdout=holdout,
+        forcing_file=forcing_file, area_km2=area_km2, n_starts=n_starts, method=method,
+        seed=seed, screen=screen)
     if dry_run:
         click.echo("inputs ok (dry run): nothing computed, nothing written")
         return
@@ -131,3 +136,5 @@ def calibrate(site, data, region, out, force, config_file, start, end, n_starts,
     for k, v in cal.criteria.items():
         res = v.get("pass")
         click.echo(f"  {k}: {'n/a' if res is None else ('pass' if res else 'FAIL')}")
+    for sentence in cal.failures:
+        click.echo(f"  The calibration failed. {sentence}")

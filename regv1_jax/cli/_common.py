@@ -186,11 +186,17 @@ def compute_context(dtype: str, no_cache: bool = False) -> Iterator[object]:
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
+    from .. import _traces
     from ._cache import cache_dir, cache_disabled, cacheable_traces, enable_cache
 
     folder = enable_cache(disabled=no_cache)
     if folder is None and not (no_cache or cache_disabled()):
         warn(f"compilation cache {cache_dir()} cannot be written; compiling without it")
+    # Traced functions beside the compiled ones (regv1_jax._traces): same switch.
+    if folder is not None:
+        _traces.enable(folder.parent / "traces")
+    else:
+        _traces.disable()
     with cacheable_traces():
         yield jnp.float64 if dtype == "float64" else jnp.float32
 
@@ -212,9 +218,10 @@ def data_years(s):
     return None if s.observations is None else s.observations.years
 
 
-def calibration_inputs(site, data, region, config_file, start, end, n_starts, method, seed,
-                       holdout, forcing_file, area_km2):
-    """The checked inputs of a calibration (``calibrate``, ``bootstrap``): config, site,
+def calibration_inputs(site, data, region, config_file, start, end, *, holdout=None,
+                       forcing_file=None, area_km2=None, **overrides):
+    """The checked inputs of a calibration (``calibrate``, ``bootstrap``, ``profile``):
+    config (``overrides``: config keys given as options, None = the config's), site,
     parameter space, observations, forcing table and years; year-range warnings printed."""
     import dataclasses
 
@@ -222,8 +229,7 @@ def calibration_inputs(site, data, region, config_file, start, end, n_starts, me
         from ..fit import CalibrationConfig, load_config
 
         cfg = load_config(config_file) if config_file else CalibrationConfig()
-        kw = {k: v for k, v in (("n_starts", n_starts), ("method", method), ("seed", seed))
-              if v is not None}
+        kw = {k: v for k, v in overrides.items() if v is not None}
         if holdout is not None:
             kw["holdout"] = parse_holdout(holdout)
         cfg = dataclasses.replace(cfg, **kw)

@@ -1,5 +1,6 @@
 """The ``regv1`` group: one command per module (``_sites``, ``_simulate``, ``_calibrate``,
-``_equilibria``, ``_sobol``, ``_bootstrap``, ``_profile``), registered here.  Files and plots
+``_equilibria``, ``_sobol``, ``_bootstrap``, ``_profile``, ``_scaling``, ``_scenario``),
+registered here.  Files and plots
 stay at this edge; the library below never flips ``jax.config``."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from ._calibrate import calibrate
 from ._common import CACHE_HELP
 from ._equilibria import equilibria
 from ._profile import identify_cmd, profile_cmd
+from ._scaling import scaling
+from ._scenario import scenario
 from ._simulate import SIM_COLUMNS, simulate
 from ._sites import sites
 from ._sobol import sobol
@@ -27,7 +30,7 @@ def main():
 
 
 for _cmd in (sites, simulate, calibrate, equilibria, sobol, bootstrap, profile_cmd,
-             identify_cmd):
+             identify_cmd, scaling, scenario):
     main.add_command(_cmd)
 
 

@@ -88,7 +88,7 @@ def _inputs(site, data, region, from_cal, config_file, start, end, holdout):
     and the earlier calibration folder, if any."""
     check_years(start, end, min_years=2)
     cfg, s, space, _, _, y0, y1 = calibration_inputs(
-        site, data, region, config_file, start, end, None, None, None, holdout, None, None)
+        site, data, region, config_file, start, end, holdout=holdout)
     with cli_errors():
         calib = _read_calibration(from_cal, space, s.name) if from_cal else None
     return cfg, s, space, y0, y1, calib

@@ -1,5 +1,6 @@
-"""Fitting: the objective, optimisers, the staged fit, site calibration, goodness of fit, local
-identifiability, regional magnitudes and synthetic twins."""
+"""Fitting: the objective, optimisers, the staged fit, the global start search and the basin
+stage, site calibration, goodness of fit, local identifiability, regional magnitudes and
+synthetic twins."""
 
 from ._config import CONFIG_KEYS as CONFIG_KEYS
 from ._config import OPTIMIZERS as OPTIMIZERS
@@ -21,6 +22,7 @@ from ._local import physical_residual_fn as physical_residual_fn
 from ._magnitudes import REGION_AREAS_KM2 as REGION_AREAS_KM2
 from ._magnitudes import regional_magnitudes as regional_magnitudes
 from ._metrics import SEED_CRITERIA as SEED_CRITERIA
+from ._metrics import fit_failures as fit_failures
 from ._metrics import fit_metrics as fit_metrics
 from ._metrics import seed_criteria as seed_criteria
 from ._metrics import split_metrics as split_metrics
@@ -44,36 +46,64 @@ from ._optimise import Adam as Adam
 from ._optimise import LevenbergMarquardt as LevenbergMarquardt
 from ._optimise import OptimiseResult as OptimiseResult
 from ._optimise import spd_solve as spd_solve
+from ._screen import BASIN_CANDIDATES as BASIN_CANDIDATES
+from ._screen import BASIN_PARAMS as BASIN_PARAMS
+from ._screen import BASIN_STAGE as BASIN_STAGE
+from ._screen import SCREEN_SD as SCREEN_SD
+from ._screen import SENSITIVITY_SHARE as SENSITIVITY_SHARE
+from ._screen import ScreenResult as ScreenResult
+from ._screen import basin_free_set as basin_free_set
+from ._screen import basin_stage as basin_stage
+from ._screen import screen as screen
+from ._screen import screen_draws as screen_draws
+from ._screen import sensitivities as sensitivities
 from ._site import HOLDOUT_SHARE as HOLDOUT_SHARE
 from ._site import INITIAL_STATES as INITIAL_STATES
 from ._site import SiteCalibration as SiteCalibration
+from ._site import SiteProblem as SiteProblem
 from ._site import calibrate_site as calibrate_site
+from ._site import calibration_stages as calibration_stages
+from ._site import finish_site as finish_site
 from ._site import fitted_names as fitted_names
 from ._site import initial_state_from_data as initial_state_from_data
 from ._site import resolve_holdout as resolve_holdout
+from ._site import site_problem as site_problem
 from ._site import training_targets as training_targets
 from ._site import training_years as training_years
+from ._site import used_events as used_events
 from ._site import with_initial_state as with_initial_state
 from ._staged import AT_BOUND_U as AT_BOUND_U
 from ._staged import STAGE_CODES as STAGE_CODES
+from ._staged import Comparison as Comparison
 from ._staged import FitResult as FitResult
 from ._staged import StagedProblem as StagedProblem
 from ._staged import cell_weights as cell_weights
+from ._staged import fit_compared as fit_compared
+from ._staged import fit_sites as fit_sites
 from ._staged import fit_staged as fit_staged
+from ._staged import prior_starts as prior_starts
 from ._staged import stage_step as stage_step
 from ._staged import staged_problem as staged_problem
 from ._staged import trace_count as trace_count
 from ._stages import STAGE_STATUS as STAGE_STATUS
+from ._stages import BasinPlan as BasinPlan
+from ._stages import PreparedFit as PreparedFit
 from ._stages import StageResult as StageResult
 from ._stages import calibrate_stages as calibrate_stages
 from ._stages import describe as describe
+from ._stages import finish_fit as finish_fit
+from ._stages import plan_basin as plan_basin
+from ._stages import prepare_fit as prepare_fit
+from ._stages import run_prepared as run_prepared
 from ._stages import run_stage as run_stage
 from ._stages import stage_results as stage_results
 from ._synthetic import COLUMNS as COLUMNS
 from ._synthetic import DEFAULT_NOISE as DEFAULT_NOISE
+from ._synthetic import DROUGHT_TWIN_MOVES as DROUGHT_TWIN_MOVES
 from ._synthetic import NOISE_COLUMNS as NOISE_COLUMNS
 from ._synthetic import SOLVER as SOLVER
 from ._synthetic import SOURCE_TEXT as SOURCE_TEXT
+from ._synthetic import drought_collapse_twin as drought_collapse_twin
 from ._synthetic import long_record_twin as long_record_twin
 from ._synthetic import make_twin as make_twin
 from ._synthetic import synthetic_rainfall as synthetic_rainfall

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import equinox as eqx
 
-from ..model import ParamSpace
+from ..model import PARAM_NAMES, ParamSpace
 from ..solve import AbstractSolver, KernelRK4, solver_from
 from ._objective import SEED_EVENTS, TARGET_VARIABLES, EventConstraints
 from ._optimise import LBFGS, AbstractOptimiser, Adam, LevenbergMarquardt
@@ -40,6 +40,9 @@ class Stage:
     variables: tuple[str, ...]
     events: bool = False
     description: str = ""
+    # The stage's prior weight is max(config prior_weight, this): the basin stage keeps the
+    # priors of the parameters it frees as soft penalties even in a plain least-squares fit.
+    min_prior_weight: float = 0.0
 
     def check(self, space: ParamSpace) -> None:
         for p in self.free:
@@ -115,7 +118,27 @@ class CalibrationConfig:
     seed: int = 0
     prior_weight: float = 1.0  # 0: plain weighted least squares (twin experiments)
     initial_state: str = "auto"  # V0, SOM0: first year's observation, else fitted, else prior
+    screen: int = 10_000  # prior draws of the global start search (0: none, no basin stage)
+    free: tuple[str, ...] = ()  # added to the basin stage (screened and fitted there)
+    pin: tuple[str, ...] = ()  # never free, never screened
     events: EventConstraints = SEED_EVENTS
+
+    def __post_init__(self):
+        for key in ("free", "pin"):
+            names = tuple(getattr(self, key))
+            object.__setattr__(self, key, names)
+            bad = [n for n in names if n not in PARAM_NAMES]
+            if bad:
+                raise CalibrationError(f"config {key}: unknown parameter(s) {bad}; known: "
+                                       f"{list(PARAM_NAMES)}")
+        both = set(self.free) & set(self.pin)
+        if both:
+            raise CalibrationError(f"config: {sorted(both)} both free and pinned")
+
+    @property
+    def basin(self) -> bool:
+        """Whether a basin stage runs first (a global start search, or ``free`` names)."""
+        return self.screen > 0 or bool(self.free)
 
     def make_solver(self) -> AbstractSolver:
         """The solver object of ``method`` (and ``rtol``, ``atol``, ``steps_per_year``):
@@ -179,6 +202,13 @@ def _check_steps_per_year(v):
     return err or (None if v % 2 == 0 else "must be an even integer >= 2")
 
 
+def _names(v):
+    if not isinstance(v, list) or not all(isinstance(n, str) for n in v):
+        return "must be a list of parameter names"
+    bad = [n for n in v if n not in PARAM_NAMES]
+    return f"names unknown parameter(s) {bad}" if bad else None
+
+
 def _check_stages(v):
     if not isinstance(v, list) or not v:
         return "must be a non-empty list of {name, free, variables, events} objects"
@@ -224,6 +254,13 @@ CONFIG_KEYS: dict[str, tuple[str, Callable]] = {
                       "observed in other training years; else the prior), \"data\" (first "
                       "year's observation, else the prior), \"fit\" (always fitted where "
                       "observed) or \"prior\"", _one_of("auto", "data", "fit", "prior")),
+    "screen": ("prior draws of the global start search before the stages (integer >= 0; "
+               "0: none, and no basin stage unless 'free' names some; docs/methods.md)",
+               _int_at_least(0)),
+    "free": ("parameters added to the basin stage: screened and fitted there, with their "
+             "priors as soft penalties (list of names)", _names),
+    "pin": ("parameters never freed by any stage nor screened: they keep their incoming "
+            "value (list of names)", _names),
 }
 
 
@@ -288,6 +325,9 @@ def load_config(path: str | Path, base: CalibrationConfig | None = None) -> Cali
         kw["stages"] = tuple(stages)
     if "holdout" in kw and kw["holdout"] not in (None, "auto"):
         kw["holdout"] = tuple(kw["holdout"])
+    for key in ("free", "pin"):
+        if key in kw:
+            kw[key] = tuple(kw[key])
     return dataclasses.replace(base, **kw)
 
 

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._traces import cached
 from ..model import PARAM_NAMES, Forcing, Layout, Params, ParamSpace
-from ..solve import simulate
+from ..solve import simulate, solver_kernels
 from ._config import CalibrationConfig
 from ._objective import TARGET_VARIABLES, Targets, data_residuals, event_residuals
 
@@ -114,9 +115,11 @@ def local_identifiability(space: ParamSpace, params: Params, forcing: Forcing,
     k = len(names)
     specs = [space.spec(n) for n in names]
     _, s0 = physical_residual_fn(space, names, params, forcing, targets, cfg, events)
-    (J_d, J_p), (r_d, _) = _physical_jacobian(
-        jnp.asarray(s0), params, forcing, targets, space, tuple(names),
-        cfg.make_solver().for_jacobian(), cfg.events, bool(events))
+    solver = cfg.make_solver().for_jacobian()
+    (J_d, J_p), (r_d, _) = cached(
+        _physical_jacobian, "local_identifiability", jnp.asarray(s0), params, forcing,
+        targets, space, tuple(names), solver, cfg.events, bool(events),
+        kernels=solver_kernels(solver, params.dtype))
     J_d, J_p, r_d = np.asarray(J_d), np.asarray(J_p), np.asarray(r_d)
     J_d = np.where(np.isfinite(J_d), J_d, 0.0)
     n_rows = int(sum(targets.count().values())) + (cfg.events.size if events else 0)

@@ -10,7 +10,7 @@ from ..io import Observations
 from ..solve import Simulation
 from ._objective import TARGET_VARIABLES, simulated
 
-__all__ = ["SEED_CRITERIA", "fit_metrics", "split_metrics", "seed_criteria"]
+__all__ = ["SEED_CRITERIA", "fit_metrics", "split_metrics", "seed_criteria", "fit_failures"]
 
 # The seed's goodness-of-fit targets.
 SEED_CRITERIA: dict[str, Any] = {"R2_min": 0.7, "R2_variables": ("veg_cover_%", "SOM_%"),
@@ -80,4 +80,44 @@ def seed_criteria(metrics: dict) -> dict:
     if not any(k.startswith("holdout") for k in out):
         out["holdout rRMSE <= 20%"] = {"value": None, "pass": None,
                                       "note": "no observations in the holdout years"}
+    return out
+
+
+# A year's cover is "bare" below this share of the largest observed cover (and below
+# BARE_MAX percent): the two basins of the model, told apart in the data and the simulation.
+BARE_SHARE = 0.15
+BARE_MAX = 1.0
+
+
+def fit_failures(obs: Observations, sim: Simulation, metrics: dict, train_years) -> list[str]:
+    """Plain sentences for what a calibration failed to do (empty when it did not fail):
+
+    - the training cover R2 about the 1:1 line is below 0 (worse than the observed mean);
+    - the simulated cover stays in one basin (bare, or vegetated) in every observed
+      training year while the observed cover is in the other one in some of them: the
+      state never leaves a basin the data leave (bare: below ``BARE_SHARE`` of the largest
+      observed cover and below ``BARE_MAX`` %)."""
+    out = []
+    m = metrics.get("veg_cover_%", {}).get("training")
+    if m and m["n"] and np.isfinite(m["R2_1to1"]) and m["R2_1to1"] < 0:
+        out.append(f"The calibration did not reproduce the cover record: the training R2 "
+                   f"about the 1:1 line is {m['R2_1to1']:.2f}, worse than the observed "
+                   "mean.")
+    years = np.asarray(sim.years)
+    keep = obs.masks["veg_cover_%"] & np.isin(obs.years, np.asarray(train_years))
+    if keep.sum() >= 2:
+        o = obs.values["veg_cover_%"][keep]
+        s = 100.0 * np.asarray(sim.V)[np.searchsorted(years, obs.years[keep])]
+        level = min(BARE_SHARE * float(np.max(o)), BARE_MAX)
+        o_bare, s_bare = o < level, s < level
+        if s_bare.all() and not o_bare.all():
+            out.append(f"The simulated cover stays bare (below {level:.2g} %) in every "
+                       f"observed training year while the observed cover is above it in "
+                       f"{int((~o_bare).sum())} of {o.size}: the model never reaches the "
+                       "vegetated state the data show.")
+        elif not s_bare.any() and o_bare.any():
+            out.append(f"The observed cover falls below {level:.2g} % in "
+                       f"{int(o_bare.sum())} of {o.size} training years but the simulated "
+                       "cover never does: the model does not reproduce the collapse the "
+                       "data show.")
     return out

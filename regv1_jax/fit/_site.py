@@ -15,12 +15,14 @@ from ..solve import Simulation, simulate
 from ._config import SOM_VARS, CalibrationConfig, CalibrationError, Stage
 from ._local import local_identifiability
 from ._magnitudes import regional_magnitudes
-from ._metrics import seed_criteria, split_metrics
+from ._metrics import fit_failures, seed_criteria, split_metrics
 from ._objective import TARGET_VARIABLES, Targets, make_targets
 from ._stages import StageResult, calibrate_stages
 
-__all__ = ["SiteCalibration", "calibrate_site", "training_targets", "training_years",
-           "fitted_names", "resolve_holdout", "initial_state_from_data", "with_initial_state",
+__all__ = ["SiteCalibration", "SiteProblem", "calibrate_site", "site_problem", "finish_site",
+           "training_targets", "training_years", "fitted_names", "used_events",
+           "calibration_stages",
+           "resolve_holdout", "initial_state_from_data", "with_initial_state",
            "HOLDOUT_SHARE", "INITIAL_STATES"]
 
 
@@ -48,6 +50,12 @@ class SiteCalibration:
     prior_sim: Simulation | None = None
     holdout_rule: str = ""
     initial_state_note: str = ""
+    failures: tuple[str, ...] = ()  # plain sentences: what the calibration failed to do
+
+    @property
+    def screen(self) -> dict | None:
+        """The global start search of the basin stage (None: none ran)."""
+        return next((r.screen for r in self.stages if r.screen is not None), None)
 
 
 HOLDOUT_SHARE = 0.2
@@ -158,6 +166,30 @@ def training_targets(obs: Observations, forcing: Forcing, holdout, dtype=None) -
     return targets.with_mask(jnp.asarray(keep))
 
 
+def calibration_stages(cal: SiteCalibration) -> tuple[Stage, ...]:
+    """The stages a calibration ran, in order: the config's, after the basin stage when the
+    calibration kept it (rebuilt from its record: its free set on every observed
+    variable, the events when any stage uses them)."""
+    from ._screen import BASIN_STAGE, basin_stage
+
+    stages = tuple(cal.config.stages)
+    first = cal.stages[0] if cal.stages else None
+    if first is not None and first.name == BASIN_STAGE:
+        counts = training_targets(cal.observations, cal.forcing, cal.holdout_years).count()
+        observed = tuple(v for v in TARGET_VARIABLES if counts[v] > 0)
+        stages = (basin_stage(first.free, observed, any(st.events for st in stages)),) \
+            + stages
+    return stages
+
+
+def used_events(cfg: CalibrationConfig, results) -> bool:
+    """Whether a stage that ran held the event constraints (the basin stage, not in
+    ``cfg.stages``, holds them when any of the config's stages does)."""
+    by_name = {st.name: st.events for st in cfg.stages}
+    any_events = any(by_name.values())
+    return any(by_name.get(res.name, any_events) for res in results if res.skipped is None)
+
+
 def fitted_names(stages) -> list[str]:
     """The parameters the stages that ran fitted (the calibrated set), in stage order."""
     names = []
@@ -176,11 +208,28 @@ def training_years(years, holdout) -> np.ndarray:
     return keep
 
 
-def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Observations,
-                   cfg: CalibrationConfig = CalibrationConfig(), planting_start=None,
-                   progress=None, identifiability: bool = True) -> SiteCalibration:
-    """Calibrate to a site's observations: stages on the training years, then metrics on
-    training and holdout, the local correlation matrix and the regional magnitudes."""
+@dataclasses.dataclass(frozen=True)
+class SiteProblem:
+    """A site calibration before the fit (:func:`site_problem`): the starting parameters
+    (initial state applied), the config (initial-state stages added), the training targets,
+    the holdout and its rule."""
+
+    space: ParamSpace
+    params: Params
+    forcing: Forcing
+    obs: Observations
+    cfg: CalibrationConfig
+    train: Targets
+    holdout: tuple[int, int] | None
+    holdout_rule: str
+    initial_state_note: str
+
+
+def site_problem(space: ParamSpace, params: Params, forcing: Forcing, obs: Observations,
+                 cfg: CalibrationConfig = CalibrationConfig()) -> SiteProblem:
+    """The host part of :func:`calibrate_site` before the fit: the holdout, the initial
+    state, the training targets (spreads from the training cells only: holdout values never
+    enter the fit).  Raises :class:`CalibrationError` for a site without training data."""
     if obs.years.size == 0:
         raise CalibrationError(f"{obs.source_file}: no observations for {obs.location!r}")
     years = forcing.years
@@ -190,18 +239,41 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
         space, params, obs, int(years[0]), cfg.initial_state, train_years=years[keep])
     if init_fit:
         cfg = dataclasses.replace(cfg, stages=with_initial_state(cfg.stages, init_fit))
-    # Spreads from the training cells only: holdout values never enter the fit.
     train = training_targets(obs, forcing, hold, params.dtype)
     if sum(train.count().values()) == 0:
         raise CalibrationError(
             f"{obs.source_file}: {obs.location!r} has no observations in the training years "
             f"{years[0]}-{years[-1]} outside the holdout {hold}")
-    fitted, stages = calibrate_stages(space, params, forcing, train, cfg, progress=progress)
+    return SiteProblem(space, params, forcing, obs, cfg, train, hold, hold_rule, init_note)
+
+
+def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Observations,
+                   cfg: CalibrationConfig = CalibrationConfig(), planting_start=None,
+                   progress=None, identifiability: bool = True) -> SiteCalibration:
+    """Calibrate to a site's observations: stages on the training years, then metrics on
+    training and holdout, the local correlation matrix and the regional magnitudes."""
+    prob = site_problem(space, params, forcing, obs, cfg)
+    fitted, stages = calibrate_stages(space, prob.params, forcing, prob.train, prob.cfg,
+                                      progress=progress)
+    return finish_site(prob, fitted, stages, planting_start, progress, identifiability)
+
+
+def finish_site(prob: SiteProblem, fitted: Params, stages: list[StageResult],
+                planting_start=None, progress=None,
+                identifiability: bool = True) -> SiteCalibration:
+    """The host part of :func:`calibrate_site` after the fit: the simulation, metrics on
+    training and holdout, the local identifiability, the regional magnitudes, the failure
+    sentences."""
+    space, params, forcing, obs, cfg = prob.space, prob.params, prob.forcing, prob.obs, \
+        prob.cfg
+    train, hold = prob.train, prob.holdout
+    years = forcing.years
+    keep = training_years(years, hold)
     solver = cfg.make_solver()
     sim = simulate(fitted, forcing, solver=solver)
     metrics = split_metrics(obs, sim, hold)
     free_names = fitted_names(stages)
-    events = any(st.events for st, res in zip(cfg.stages, stages) if res.skipped is None)
+    events = used_events(cfg, stages)
     ident = None
     if identifiability and free_names:
         if progress:
@@ -216,8 +288,9 @@ def calibrate_site(space: ParamSpace, params: Params, forcing: Forcing, obs: Obs
         stages=stages, forcing=forcing, observations=obs, sim=sim,
         train_years=(int(t_years[0]), int(t_years[-1])),
         holdout_years=hold if hold is not None and np.any(~keep) else None,
-        holdout_rule=hold_rule, initial_state_note=init_note,
+        holdout_rule=prob.holdout_rule, initial_state_note=prob.initial_state_note,
         metrics=metrics, criteria=seed_criteria(metrics), identifiability=ident,
+        failures=tuple(fit_failures(obs, sim, metrics, t_years)),
         magnitudes=magnitudes, config=cfg, dtype=str(params.dtype),
         prior_sim=simulate(params, forcing, solver=solver),
     )

@@ -23,14 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..model import Forcing, Params, ParamSpace
+from ..model import PARAM_NAMES, Forcing, Params, ParamSpace, ci_on_scale
 from ..status import code
 from ._config import CalibrationError, FitSettings, Stage
-from ._objective import TARGET_VARIABLES, Objective, Targets, variable_weights
+from ._objective import TARGET_VARIABLES, Objective, Targets
 from ._optimise import AbstractOptimiser
 
-__all__ = ["FitResult", "StagedProblem", "staged_problem", "fit_staged",
-           "stage_step", "cell_weights", "STAGE_CODES", "AT_BOUND_U", "trace_count"]
+__all__ = ["FitResult", "StagedProblem", "Comparison", "staged_problem", "prior_starts",
+           "fit_staged", "fit_compared", "fit_sites", "stage_step", "cell_weights",
+           "STAGE_CODES", "AT_BOUND_U", "trace_count"]
 
 # Stage status words (StageResult.status) and their RESULTS codes (FitResult.status).
 STAGE_CODES = {"ok": code("successful"), "not_converged": code("not_converged"),
@@ -52,7 +53,7 @@ class FitResult(eqx.Module):
     # Physical values of every parameter after each stage (held and never-free parameters
     # keep their incoming values exactly).
     values: Float[Array, "stages n_params"]
-    initial_loss: Float[Array, " stages"]  # best start's loss after its first iteration
+    initial_loss: Float[Array, " stages"]  # the best start's loss at its start
     grad_norm: Float[Array, " stages"]  # |J^T r| of the best start at its end
     loss_change: Float[Array, " stages"]  # max - min of its loss over the last 10 iterations
     start_losses: Float[Array, "stages starts"]  # every start's final loss (NaN: skipped)
@@ -73,6 +74,7 @@ class StagedProblem(eqx.Module):
     var_w: Float[Array, "stages n_vars"]
     ev_w: Float[Array, " stages"]
     starts: Float[Array, "stages n_draws n_params"]
+    prior_floor: Float[Array, " stages"]  # the stage's prior weight is at least this
 
 
 class _Carry(eqx.Module):
@@ -85,16 +87,19 @@ class _StageInputs(eqx.Module):
     var_w: Float[Array, " n_vars"]
     ev_w: Float[Array, ""]
     draws: Float[Array, "n_draws n_params"]
+    prior_floor: Float[Array, ""]
 
 
 def staged_problem(space: ParamSpace, stages: tuple[Stage, ...], n_starts: int, key,
                    dtype=jnp.float64, optimiser: AbstractOptimiser | None = None,
-                   pad_to: int | None = None) -> StagedProblem:
+                   pad_to: int | None = None, first_starts=None) -> StagedProblem:
     """Stage masks, variable and event weights, and the prior draws that start each stage
     (``n_starts - 1`` per stage; the warm start is the incoming vector).
 
     ``pad_to``: append stages with no free parameter and no data (always skipped, at no
     cost) up to this many, so that configs with fewer stages share one compiled fit.
+    ``first_starts``: ``(n_starts - 1, n_params)`` unconstrained vectors that start the
+    first stage instead of its prior draws (the global start search's).
     Raises :class:`CalibrationError` for a bad stage before any compute."""
     width = getattr(optimiser, "width", None)
     for st in stages:
@@ -102,27 +107,53 @@ def staged_problem(space: ParamSpace, stages: tuple[Stage, ...], n_starts: int, 
         if width is not None and len(st.free) > width:
             raise CalibrationError(f"stage {st.name!r}: {len(st.free)} free parameters; "
                                    f"optimizer 'lm' takes at most {width} (use 'lbfgs')")
-    masks = jnp.stack([space.mask(st.free) for st in stages])
-    var_w = jnp.stack([variable_weights(st.variables, dtype) for st in stages])
-    ev_w = jnp.asarray([1.0 if st.events else 0.0 for st in stages], dtype)
-    n_draws = max(n_starts - 1, 1)
-    draws = _prior_draws(space, key, len(stages), n_draws, dtype)[:, : max(n_starts - 1, 0)]
+    # Built on the host (numpy) and moved once: each eager jnp op costs a dispatch.
     n_pad = max((pad_to or 0) - len(stages), 0)
-    if n_pad:
-        masks = jnp.concatenate([masks, jnp.zeros((n_pad,) + masks.shape[1:], bool)])
-        var_w = jnp.concatenate([var_w, jnp.zeros((n_pad,) + var_w.shape[1:], dtype)])
-        ev_w = jnp.concatenate([ev_w, jnp.zeros((n_pad,), dtype)])
-        draws = jnp.concatenate([draws, jnp.zeros((n_pad,) + draws.shape[1:], dtype)])
-    return StagedProblem(masks, var_w, ev_w, draws)
+    n_all = len(stages) + n_pad
+    masks = np.zeros((n_all, len(PARAM_NAMES)), bool)
+    var_w = np.zeros((n_all, len(TARGET_VARIABLES)))
+    ev_w = np.zeros(n_all)
+    floor = np.zeros(n_all)
+    for i, st in enumerate(stages):
+        floor[i] = st.min_prior_weight
+        masks[i] = [n in st.free for n in PARAM_NAMES]
+        var_w[i] = [v in st.variables for v in TARGET_VARIABLES]
+        ev_w[i] = 1.0 if st.events else 0.0
+    n_draws = max(n_starts - 1, 1)
+    draws = np.zeros((n_all, max(n_starts - 1, 0), len(PARAM_NAMES)), np.dtype(dtype))
+    draws[:len(stages)] = prior_starts(space, key, len(stages), n_draws)[:, :n_starts - 1]
+    if first_starts is not None:
+        first = np.asarray(first_starts)
+        if first.shape != draws.shape[1:]:
+            raise CalibrationError(f"first_starts has shape {first.shape}, expected "
+                                   f"{draws.shape[1:]} (n_starts - 1 vectors)")
+        draws[0] = first
+    return StagedProblem(jnp.asarray(masks), jnp.asarray(var_w, dtype),
+                         jnp.asarray(ev_w, dtype), jnp.asarray(draws, dtype),
+                         jnp.asarray(floor, dtype))
 
 
-@eqx.filter_jit
-def _prior_draws(space: ParamSpace, key, n_stages: int, n_draws: int, dtype):
-    """``(n_stages, n_draws, n_params)`` unconstrained prior draws, stage ``i`` from
-    ``fold_in(key, i)`` (one compiled call, not one eager op per parameter and stage)."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_stages))
-    return jax.vmap(lambda k: space.vector_to_unconstrained(space.stack(
-        space.sample_prior(k, n_draws, dtype=dtype))))(keys)
+def prior_starts(space: ParamSpace, key, n_stages: int, n_draws: int) -> np.ndarray:
+    """``(n_stages, n_draws, n_params)`` unconstrained prior draws that start the stages:
+    each parameter normal on its prior's scale truncated to its CI_95 (as
+    ``ParamSpace.sample_prior``), stage ``i`` from the numpy generator seeded by ``key``'s
+    data and ``i`` (host code: the same draws for any stage count and dtype)."""
+    from scipy.special import ndtr, ndtri
+
+    data = (jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            else key)
+    seed = [int(v) for v in np.asarray(data).ravel()]
+    ci = np.array([ci_on_scale(s) for s in space.specs])
+    mean = np.array([s.prior_mean for s in space.specs])
+    sd = np.array([s.prior_sd for s in space.specs])
+    log = np.array([s.scale == "log" for s in space.specs])
+    lo, hi = ndtr((ci[:, 0] - mean) / sd), ndtr((ci[:, 1] - mean) / sd)
+    out = np.empty((n_stages, n_draws, len(space.specs)))
+    for i in range(n_stages):
+        rng = np.random.default_rng(seed + [i])
+        s = mean + sd * ndtri(lo + rng.random((n_draws, len(space.specs))) * (hi - lo))
+        out[i] = space.host_to_unconstrained(np.where(log, np.exp(np.where(log, s, 0.0)), s))
+    return out
 
 
 class _StageOutput(eqx.Module):
@@ -157,9 +188,10 @@ def stage_step(carry: _Carry, stage: _StageInputs, *, counts, objective: Objecti
     n_ev = settings.events.size
     n_con = jnp.sum(jnp.where(stage.var_w > 0, counts, 0)) + jnp.where(stage.ev_w > 0, n_ev, 0)
     n_free = jnp.sum(mask_vec)
-    skip = (n_con == 0) | ((n_con < n_free) & (objective.prior_w <= 0)) | (n_free == 0)
+    prior_w = jnp.maximum(objective.prior_w, stage.prior_floor)
+    skip = (n_con == 0) | ((n_con < n_free) & (prior_w <= 0)) | (n_free == 0)
     obj = dataclasses.replace(objective, base=base_s, mask=mask_vec, var_w=stage.var_w,
-                              ev_w=stage.ev_w)
+                              ev_w=stage.ev_w, prior_w=prior_w)
     fwd, rev = obj.for_jacobian(), obj.for_gradient()
     # Rows of data and events (their Jacobian columns are the sensitivity): all but the
     # prior rows.
@@ -211,7 +243,7 @@ def stage_step(carry: _Carry, stage: _StageInputs, *, counts, objective: Objecti
     out = _StageOutput(
         status=status, loss=jnp.where(ran, loss_b, nan), best_start=jnp.where(ran, best, -1),
         fitted=fitted & ran, n_iter=jnp.where(ran, n_it[best], 0), values=x_out,
-        initial_loss=jnp.where(ran, traces[best, 0], nan),
+        initial_loss=jnp.where(ran, fwd.loss(u0s[best]), nan),
         grad_norm=jnp.where(ran, gnorm, nan), loss_change=jnp.where(ran, dloss, nan),
         start_losses=jnp.where(skip, nan, final), finite_starts=finite | skip,
         held=jnp.where(ran, mask_vec & ~fitted, mask_vec), at_bound=at_bound & ran,
@@ -238,7 +270,8 @@ def _fit_staged(base: Params, problem: StagedProblem, forcing: Forcing, targets:
                           settings=settings)
 
     carry, out = jax.lax.scan(body, _Carry(x_base, jnp.zeros(x_base.shape, bool)),
-                              (problem.masks, problem.var_w, problem.ev_w, problem.starts))
+                              (problem.masks, problem.var_w, problem.ev_w, problem.starts,
+                               problem.prior_floor))
     params = space.unstack(carry.x)
     return FitResult(space.vector_to_unconstrained(carry.x), params, out.status, out.loss,
                      out.best_start, out.fitted, out.n_iter, out.values, out.initial_loss,
@@ -274,6 +307,62 @@ def fit_staged(base: Params, problem: StagedProblem, forcing: Forcing, targets: 
     """
     return _fit_staged_counted(base, problem, forcing, targets, cell_w, prior_w, space,
                                settings)
+
+
+class Comparison(eqx.Module):
+    """The objective on which :func:`fit_compared` ranks its branches: the data rows of
+    ``var_w``, the event rows (``ev_w``) and the prior rows of ``mask`` (each times
+    ``prior_rows``, the square root of the parameter's prior weight)."""
+
+    mask: Bool[Array, " n_params"]
+    var_w: Float[Array, " n_vars"]
+    ev_w: Float[Array, ""]
+    prior_rows: Float[Array, " n_params"]
+
+
+@eqx.filter_jit
+def fit_compared(base: Params, problems: StagedProblem, forcing: Forcing, targets: Targets,
+                 cell_w: Float[Array, " cells"], prior_w: Float[Array, ""],
+                 space: ParamSpace, settings: FitSettings, comparison: Comparison
+                 ) -> tuple[FitResult, Float[Array, " branches"]]:
+    """:func:`fit_staged` of each of ``problems`` (a leading axis: the branches, e.g. the
+    seed's stages alone and the basin stage before them), one after the other in a
+    ``lax.map`` (one trace; under ``vmap`` a stage's skip flag would be batched and every
+    operand with it), and the ``comparison`` objective at each branch's final vector (one
+    compiled call)."""
+    return _fit_compared(base, problems, forcing, targets, cell_w, prior_w, space, settings,
+                         comparison)
+
+
+def _fit_compared(base, problems, forcing, targets, cell_w, prior_w, space, settings,
+                  comparison):
+    fits = jax.lax.map(lambda pr: _fit_staged_counted(base, pr, forcing, targets, cell_w,
+                                                      prior_w, space, settings), problems)
+    dtype = cell_w.dtype
+    obj = Objective(base, comparison.mask, comparison.var_w, comparison.ev_w,
+                    jnp.asarray(1.0, dtype), forcing, targets, space, settings.solver,
+                    settings.events, cell_w, comparison.prior_rows)
+    return fits, jax.vmap(obj.loss)(fits.u)
+
+
+@eqx.filter_jit
+def fit_sites(bases: Params, problems: StagedProblem, forcings: Forcing, targets: Targets,
+              cell_w: Float[Array, "sites cells"], prior_w: Float[Array, ""],
+              space: ParamSpace, settings: FitSettings,
+              comparisons: Comparison | None = None):
+    """The staged fits of many sites of one region in one compiled call: every argument but
+    ``prior_w``, ``space`` and ``settings`` has a leading site axis (sites padded to a
+    common number of years, the padding masked).  A ``lax.map`` over the sites of
+    :func:`fit_staged` (``comparisons`` None: returns the stacked :class:`FitResult`) or
+    of :func:`fit_compared` (returns ``(FitResult with axes (sites, branches, ...),
+    losses (sites, branches))``)."""
+    if comparisons is None:
+        return jax.lax.map(lambda xs: _fit_staged_counted(xs[0], xs[1], xs[2], xs[3], xs[4],
+                                                          prior_w, space, settings),
+                           (bases, problems, forcings, targets, cell_w))
+    return jax.lax.map(lambda xs: _fit_compared(xs[0], xs[1], xs[2], xs[3], xs[4], prior_w,
+                                                space, settings, xs[5]),
+                       (bases, problems, forcings, targets, cell_w, comparisons))
 
 
 def trace_count() -> int:

@@ -19,14 +19,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._traces import cached
 from ..model import Forcing, Params, ParamSpace
+from ..solve import solver_kernels
 from ..status import message
 from ._config import SEED_STAGES, CalibrationConfig, Stage
-from ._objective import Targets
-from ._staged import STAGE_CODES, cell_weights, fit_staged, staged_problem
+from ._objective import TARGET_VARIABLES, Objective, Targets, variable_weights
+from ._screen import (
+    BASIN_CANDIDATES,
+    BASIN_PARAMS,
+    basin_free_set,
+    basin_stage,
+    screen,
+    sensitivities,
+)
+from ._staged import (
+    STAGE_CODES,
+    Comparison,
+    cell_weights,
+    fit_compared,
+    fit_staged,
+    staged_problem,
+)
 
-__all__ = ["STAGE_STATUS", "StageResult", "stage_results", "run_stage", "calibrate_stages",
-           "describe"]
+__all__ = ["STAGE_STATUS", "StageResult", "BasinPlan", "PreparedFit", "stage_results",
+           "plan_basin", "prepare_fit", "run_prepared", "finish_fit", "run_stage",
+           "calibrate_stages", "describe"]
 
 
 # Per-stage status words (StageResult.status) and their meaning (from ``RESULTS``; "ok"
@@ -67,6 +85,9 @@ class StageResult:
     note: str = ""
     n_constraints: int = 0
     kept: tuple[str, ...] = ()  # free here, kept: an earlier stage could not fit them
+    # The basin stage only: the global start search, the data sensitivities and which start
+    # won (0: the incoming vector, the prior centre; k >= 1: the screen's k-th best draw).
+    screen: dict | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -139,27 +160,224 @@ def stage_results(space: ParamSpace, stages: tuple[Stage, ...], base: Params, fi
     return out
 
 
+def _pinned(stages: tuple[Stage, ...], pin, progress) -> tuple[Stage, ...]:
+    """The stages with the pinned parameters removed (a stage left with none is dropped)."""
+    if not pin:
+        return stages
+    out = []
+    for st in stages:
+        free = tuple(n for n in st.free if n not in pin)
+        if free:
+            out.append(dataclasses.replace(st, free=free))
+        elif progress:
+            progress(f"stage {st.name}: every free parameter pinned ({', '.join(st.free)}): "
+                     "not run")
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class BasinPlan:
+    """What :func:`plan_basin` decided: ``stages`` (the basin stage, then the given stages),
+    ``first_starts`` (``(n_starts - 1, n_params)`` unconstrained vectors starting the basin
+    stage beside the incoming vector: the screen's best distinct draws, then the incoming
+    vector repeated) and ``summary`` (the report's record of the search)."""
+
+    stages: tuple[Stage, ...]
+    first_starts: np.ndarray
+    summary: dict
+
+
+def plan_basin(space: ParamSpace, stages: tuple[Stage, ...], params: Params,
+               forcing: Forcing, targets: Targets, cfg: CalibrationConfig,
+               progress: Callable[[str], None] | None = None) -> BasinPlan:
+    """The basin stage and its starts (``fit._screen``; docs/methods.md): the global start
+    search over the basin set (``cfg.screen`` prior draws scored with the fit's objective),
+    the data sensitivities at its best draw, and the free set they give (``cfg.free``
+    added, ``cfg.pin`` removed).  ``stages``: the stages that follow (already pinned)."""
+    settings = cfg.fit_settings()
+    counts = targets.count()
+    observed = tuple(v for v in TARGET_VARIABLES if counts[v] > 0)
+    seed_names = {n for st in stages for n in st.free}
+    screened = [n for n in BASIN_PARAMS if n not in ("V0", "SOM0") or n in seed_names]
+    if "veg_cover_%" in observed:
+        screened += ["r_V", "K_V"]
+    screened += list(cfg.free)
+    screened = list(dict.fromkeys(n for n in screened if n not in cfg.pin))
+    events = any(st.events for st in stages)
+    dtype = params.dtype
+    obj = Objective(params, space.mask(screened), variable_weights(observed, dtype),
+                    jnp.asarray(1.0 if events else 0.0, dtype),
+                    jnp.asarray(max(cfg.prior_weight, 1.0), dtype), forcing, targets, space,
+                    settings.solver, settings.events)
+    u_in = space.host_to_unconstrained(np.asarray(space.stack(params)))
+    n_more = max(cfg.n_starts - 1, 0)
+    first = np.repeat(u_in[None], n_more, axis=0)
+    summary: dict = {"screened": list(screened)}
+    best = u_in
+    if cfg.screen > 0:
+        if progress:
+            progress(f"global start search: {cfg.screen} prior draws of "
+                     f"{', '.join(screened)} (one batched solve)")
+        res = screen(obj, tuple(screened), cfg.screen, n_more, cfg.seed)
+        first[:res.starts.shape[0]] = res.starts
+        best = res.starts[0] if res.starts.shape[0] else u_in
+        summary.update(res.summary())
+        if progress:
+            s = res.summary()
+            progress(f"  {s['n_finite']} of {s['n_draws']} draws solved; loss best "
+                     f"{s['best_loss']:.4g}, median {s['median_loss']:.4g}, prior centre "
+                     f"{s['incoming_loss']:.4g}; {s['n_starts_from_screen']} distinct draws "
+                     f"start the basin stage beside the prior centre ({res.seconds:.1f}s)")
+    sens = sensitivities(obj, best, settings.events.size if events else 0)
+    width = getattr(settings.optimiser, "width", len(screened) + 6)
+    free, added = basin_free_set(sens, screened, seed_names, width, cfg.pin)
+    summary.update(
+        sensitivity={n: sens[n] for n in sorted(set(BASIN_CANDIDATES) | seed_names,
+                                                key=lambda n: -sens[n])},
+        sensitivity_definition="norm of the derivative of the data and event rows (in "
+        "units of their spreads) per prior standard deviation of the parameter, at the best "
+        "draw (forward mode through the solve)",
+        added_by_sensitivity=list(added), free=list(free))
+    if progress and added:
+        progress(f"  data sensitivity adds {', '.join(added)} to the basin stage")
+    return BasinPlan((basin_stage(free, observed, events, added),) + tuple(stages), first,
+                     summary)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedFit:
+    """A staged fit ready to run (:func:`prepare_fit`): the arguments of ``fit_staged``
+    (``args``; with ``plan``, ``args[1]`` holds two problems, the stages alone and the
+    basin stage before them, for ``fit_compared`` with ``comparison``), the stages, the
+    kernels the program calls, the config."""
+
+    args: tuple
+    stages: tuple[Stage, ...]
+    kernels: tuple
+    cfg: CalibrationConfig
+    plan: BasinPlan | None = None
+    comparison: Comparison | None = None
+
+
+def prepare_fit(space: ParamSpace, stages: tuple[Stage, ...], params: Params,
+                forcing: Forcing, targets: Targets, cfg: CalibrationConfig, key,
+                progress: Callable[[str], None] | None = None) -> PreparedFit:
+    """The checks (raising :class:`CalibrationError` before any compute), the pinning, the
+    global start search and the basin plan (``cfg.basin``), and the arrays of the fit."""
+    settings = cfg.fit_settings()
+    dtype = params.dtype
+    stages = _pinned(stages, cfg.pin, progress)
+    for st in stages:
+        st.check(space)
+    # Padded with empty (skipped, free) stages to the seed's stage count (and the basin
+    # stage): configs with fewer stages share the compiled fit.
+    pad_to = max(len(SEED_STAGES), len(stages)) + (1 if cfg.basin else 0)
+    problem = staged_problem(space, stages, cfg.n_starts, key, dtype=dtype,
+                             optimiser=settings.optimiser, pad_to=pad_to)
+    args = (params, problem, forcing, targets, cell_weights(targets, dtype),
+            jnp.asarray(cfg.prior_weight, dtype), space, settings)
+    kernels = solver_kernels(settings.solver, dtype)
+    if not cfg.basin:
+        return PreparedFit(args, stages, kernels, cfg)
+    plan = plan_basin(space, stages, params, forcing, targets, cfg, progress)
+    with_basin = staged_problem(space, plan.stages, cfg.n_starts, key, dtype=dtype,
+                                optimiser=settings.optimiser, pad_to=pad_to,
+                                first_starts=plan.first_starts if cfg.n_starts > 1 else None)
+    problems = jax.tree_util.tree_map(lambda a, b: jnp.asarray(np.stack([a, b])), problem,
+                                      with_basin)
+    counts = targets.count()
+    basin_only = set(plan.stages[0].free) - {n for st in stages for n in st.free}
+    names = [sp.name for sp in space.specs]
+    rows = np.sqrt([max(cfg.prior_weight, 1.0) if n in basin_only else cfg.prior_weight
+                    for n in names])
+    union = {n for st in plan.stages for n in st.free}
+    comparison = Comparison(
+        jnp.asarray([n in union for n in names]),
+        variable_weights(tuple(v for v in TARGET_VARIABLES if counts[v] > 0), dtype),
+        jnp.asarray(1.0 if any(st.events for st in plan.stages) else 0.0, dtype),
+        jnp.asarray(rows, dtype))
+    return PreparedFit((params, problems) + args[2:], stages, kernels, cfg, plan, comparison)
+
+
+def run_prepared(prep: PreparedFit):
+    """One call of ``fit_staged`` (or ``fit_compared``): ``(fit, None)`` or ``(fits,
+    comparison losses)``."""
+    if prep.plan is None:
+        return cached(fit_staged, "fit_staged", *prep.args, kernels=prep.kernels), None
+    return cached(fit_compared, "fit_compared", *prep.args, prep.comparison,
+                  kernels=prep.kernels)
+
+
+def finish_fit(prep: PreparedFit, fit, losses=None,
+               progress: Callable[[str], None] | None = None
+               ) -> tuple[Params, list[StageResult]]:
+    """The report records of a run (:func:`run_prepared`); with the basin plan, the
+    branch with the lower Akaike score (the comparison objective plus the number of
+    parameters the branch fitted) is kept: the basin stage's parameters are freed only
+    when the data pay for them."""
+    params, targets, space = prep.args[0], prep.args[3], prep.args[6]
+    stages = prep.stages
+    if prep.plan is None:
+        results = stage_results(space, stages, params, fit, targets)
+        _log(results, progress)
+        return fit.params, results
+    losses = np.asarray(losses)
+    n_fitted = np.asarray(fit.fitted).any(axis=1).sum(axis=1)
+    score = losses + n_fitted
+    pick = 1 if np.isfinite(score[1]) and not score[1] >= score[0] else 0
+    # (host indexing, then one transfer per leaf: no compiled slice per leaf)
+    fit = jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[pick]), fit)
+    summary = dict(prep.plan.summary)
+    summary.update(
+        comparison_loss={"stages_alone": float(losses[0]), "with_basin_stage": float(losses[1])},
+        n_fitted={"stages_alone": int(n_fitted[0]), "with_basin_stage": int(n_fitted[1])},
+        comparison_score={"stages_alone": float(score[0]), "with_basin_stage": float(score[1])},
+        comparison_definition="loss: 0.5 |r|^2 over every observed variable, the event "
+        "constraints when a stage uses them and the priors of every parameter either branch "
+        "frees (the basin-only ones at weight at least 1); score: loss + the number of "
+        "parameters the branch fitted (Akaike's criterion / 2); the lower score is kept",
+        kept="with_basin_stage" if pick else "stages_alone")
+    if pick:
+        stages = prep.plan.stages
+        results = stage_results(space, stages, params, fit, targets)
+        won, n_screen = results[0].best_start, summary.get("n_starts_from_screen", 0)
+        summary["winning_start"] = won
+        summary["winning_start_is"] = (
+            "none (the stage did not run)" if won < 0 else
+            f"the screen's draw {won} of {n_screen} (best first)" if 0 < won <= n_screen else
+            "the prior centre (the incoming vector)")
+    else:
+        results = stage_results(space, stages, params, fit, targets)
+        summary["winning_start"] = -1
+        summary["winning_start_is"] = "none: the stages alone fitted better"
+    if progress:
+        progress(f"  comparison (loss + fitted parameters): stages alone {losses[0]:.4g} + "
+                 f"{n_fitted[0]}, with the basin stage {losses[1]:.4g} + {n_fitted[1]}: kept "
+                 + ("the basin stage" if pick else "the stages alone"))
+    if results:
+        results[0] = dataclasses.replace(results[0], screen=summary)
+    _log(results, progress)
+    return fit.params, results
+
+
+def _log(results, progress):
+    if progress:
+        for i, res in enumerate(results):
+            progress(f"  stage {i + 1}/{len(results)} " + describe(res))
+
+
 def _fit_stages(space: ParamSpace, stages: tuple[Stage, ...], params: Params,
                 forcing: Forcing, targets: Targets, cfg: CalibrationConfig, key,
                 progress=None) -> tuple[Params, list[StageResult]]:
-    """Checks (raising :class:`CalibrationError` before any compute), one call of the pure
-    jitted ``fit_staged``, and the report records."""
-    settings = cfg.fit_settings()
-    dtype = params.dtype
-    # Padded to the seed's stage count with empty (skipped, free) stages: configs with
-    # fewer stages share the compiled fit.
-    problem = staged_problem(space, stages, cfg.n_starts, key, dtype=dtype,
-                             optimiser=settings.optimiser, pad_to=len(SEED_STAGES))
+    """:func:`prepare_fit`, one call of the pure jitted ``fit_staged`` (``fit_compared``
+    with the basin stage), :func:`finish_fit`."""
+    prep = prepare_fit(space, stages, params, forcing, targets, cfg, key, progress)
     if progress:
-        progress(f"staged fit: {len(stages)} stage(s) in one compiled call "
-                 f"({', '.join(st.name for st in stages)})")
-    fit = fit_staged(params, problem, forcing, targets, cell_weights(targets, dtype),
-                     jnp.asarray(cfg.prior_weight, dtype), space, settings)
-    results = stage_results(space, stages, params, fit, targets)
-    if progress:
-        for i, res in enumerate(results):
-            progress(f"  stage {i + 1}/{len(stages)} " + describe(res))
-    return fit.params, results
+        progress(f"staged fit: {len(prep.stages)} stage(s) "
+                 + ("alone and after the basin stage, " if prep.plan else "")
+                 + "in one compiled call")
+    fit, losses = run_prepared(prep)
+    return finish_fit(prep, fit, losses, progress)
 
 
 def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
@@ -174,7 +392,9 @@ def run_stage(space: ParamSpace, stage: Stage, base: Params, forcing: Forcing,
     parameters to which no data row of the stage is sensitive are held at their incoming
     values (``held``).  Starts whose loss is not finite are dropped and listed; if every
     start fails the stage is ``failed`` and its parameters keep their incoming values.
+    No global start search and no basin stage (``cfg.screen`` and ``cfg.free`` ignored).
     """
+    cfg = dataclasses.replace(cfg, screen=0, free=())
     p, (res,) = _fit_stages(space, (stage,), base, forcing, targets, cfg, key)
     return p, res
 

@@ -233,20 +233,35 @@ class ParamSpace(eqx.Module):
     def vector_to_unconstrained(self, x: Float[Array, "*batch n_params"]
                                 ) -> Float[Array, "*batch n_params"]:
         """:meth:`to_unconstrained` on a stacked vector (one vectorised pass)."""
-        c = self._columns()
-        x = jnp.asarray(x)
-        s = jnp.where(c["t_log"], jnp.log(jnp.where(c["t_log"], x, 1.0)), x)
-        eps = 10 * jnp.finfo(x.dtype).eps
-        frac = jnp.clip((s - c["t_lo"]) / (c["t_hi"] - c["t_lo"]), eps, 1 - eps)
-        return jnp.log(frac) - jnp.log1p(-frac)
+        return self._to_u(jnp.asarray(x), jnp)
 
     def vector_to_constrained(self, u: Float[Array, "*batch n_params"]
                               ) -> Float[Array, "*batch n_params"]:
         """:meth:`to_constrained` on a stacked vector (one vectorised pass)."""
+        return self._to_x(jnp.asarray(u), jnp, jax.nn.sigmoid)
+
+    def host_to_unconstrained(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`vector_to_unconstrained` in numpy (host code: no dispatch per op)."""
+        return self._to_u(np.asarray(x), np)
+
+    def host_to_constrained(self, u: np.ndarray) -> np.ndarray:
+        """:meth:`vector_to_constrained` in numpy (host code: no dispatch per op)."""
+        from scipy.special import expit
+
+        return self._to_x(np.asarray(u), np, expit)
+
+    def _to_u(self, x, xp):
         c = self._columns()
-        y = c["t_lo"] + (c["t_hi"] - c["t_lo"]) * jax.nn.sigmoid(jnp.asarray(u))
-        y = jnp.where(c["t_log"], jnp.exp(jnp.where(c["t_log"], y, 0.0)), y)
-        return jnp.clip(y, c["b_lo"], c["b_hi"])
+        s = xp.where(c["t_log"], xp.log(xp.where(c["t_log"], x, 1.0)), x)
+        eps = 10 * xp.finfo(x.dtype).eps
+        frac = xp.clip((s - c["t_lo"]) / (c["t_hi"] - c["t_lo"]), eps, 1 - eps)
+        return xp.log(frac) - xp.log1p(-frac)
+
+    def _to_x(self, u, xp, sigmoid):
+        c = self._columns()
+        y = c["t_lo"] + (c["t_hi"] - c["t_lo"]) * sigmoid(u)
+        y = xp.where(c["t_log"], xp.exp(xp.where(c["t_log"], y, 0.0)), y)
+        return xp.clip(y, c["b_lo"], c["b_hi"])
 
     def vector_standardised(self, x: Float[Array, "*batch n_params"]
                             ) -> Float[Array, "*batch n_params"]:

@@ -42,6 +42,12 @@ from ._profile import PROFILE_SCHEMA as PROFILE_SCHEMA
 from ._profile import plot_profiles as plot_profiles
 from ._profile import profile_fragment as profile_fragment
 from ._profile import write_profile as write_profile
+from ._science import plot_laws as plot_laws
+from ._science import plot_regions as plot_regions
+from ._science import plot_scenarios as plot_scenarios
+from ._science import regions_markdown as regions_markdown
+from ._science import write_scaling as write_scaling
+from ._science import write_scenario as write_scenario
 from ._sobol import plot_sobol as plot_sobol
 from ._sobol import sobol_summary as sobol_summary
 from ._sobol import sobol_tables as sobol_tables

@@ -112,8 +112,8 @@ def params_json(cal: SiteCalibration, boot=None) -> dict:
                      "outside_prior_CI_95": not spec.lower <= value <= spec.upper, **common}
         else:
             why = "not calibrated"
-            for st, r in zip(cal.config.stages, cal.stages):
-                if name in st.free and (r.skipped or name in r.held):
+            for r in cal.stages:
+                if name in r.free and (r.skipped or name in r.held):
                     why = (f"stage {r.name} skipped: {r.skipped}" if r.skipped else
                            f"held in stage {r.name}: no data sensitivity")
             entry = {"value": value, "units": spec.units, "CI_95": [spec.lower, spec.upper],
@@ -157,6 +157,33 @@ def fit_table(cal: SiteCalibration, boot=None) -> pd.DataFrame:
     return df[df["variable"].isin(keep)].reset_index(drop=True)
 
 
+def screen_markdown(s: dict | None) -> list[str]:
+    """The report section of the global start search and the basin stage (``fit._screen``;
+    none when the search was off)."""
+    if s is None:
+        return []
+    lines = ["## Global start search", ""]
+    if s.get("n_draws"):
+        lines += [f"{s['n_draws']} prior draws of {', '.join(s['names'])} ({s['sampling']}; "
+                  f"seed {s['seed']}) scored with the fit's objective (data and prior "
+                  f"penalty) in one batched solve ({fmt(s['seconds'])} s): "
+                  f"{s['n_finite']} solved; loss best {fmt(s['best_loss'])}, median "
+                  f"{fmt(s['median_loss'])}, at the prior centre {fmt(s['incoming_loss'])}. "
+                  f"The basin stage started from the prior centre and the "
+                  f"{s['n_starts_from_screen']} best distinct draws; the winning start was "
+                  f"{s['winning_start_is']}.", ""]
+    else:
+        lines += [f"No prior draws (screen 0): the basin stage started from the incoming "
+                  f"vector; the winning start was {s['winning_start_is']}.", ""]
+    added = s.get("added_by_sensitivity") or []
+    lines += [f"Basin stage free set: {', '.join(s['free'])}"
+              + (f" ({', '.join(added)} added by their data sensitivity)" if added else "")
+              + f". Sensitivity: the {s['sensitivity_definition']}.", ""]
+    rows = [[n, v] for n, v in s["sensitivity"].items()]
+    lines += [md_table(["parameter", "sensitivity"], rows), ""]
+    return lines
+
+
 def report_markdown(cal: SiteCalibration, files: dict, boot=None,
                     sections: Sequence[str] = ()) -> str:
     src = Path(cal.observations.source_file).name
@@ -180,6 +207,10 @@ def report_markdown(cal: SiteCalibration, files: dict, boot=None,
         f"- solver `{cal.config.method}` in {cal.dtype}; seed {cal.config.seed}",
         f"- optimiser: {optimizer_text(cal)}",
         "",
+    ]
+    lines += [f"> **The calibration failed.** {s}" for s in cal.failures]
+    lines += [""] if cal.failures else []
+    lines += [
         f"![fit]({files['fit_png']})",
         "",
         "## Stages",
@@ -200,6 +231,7 @@ def report_markdown(cal: SiteCalibration, files: dict, boot=None,
     lines += [md_table(["stage", "fitted", "obs", "status", "iterations", "loss", "converged",
                       "best start", "note"], rows), "",
               "Status: " + "; ".join(f"`{k}` {v}" for k, v in STAGE_STATUS.items()) + ".", ""]
+    lines += screen_markdown(cal.screen)
     lines += ["## Parameters", ""]
     pj = params_json(cal, boot)[cal.region]
     rows = []
@@ -341,6 +373,7 @@ def write_outputs(cal: SiteCalibration, out: str | Path, bootstrap=None,
         "stages": [r.as_dict() for r in cal.stages],
         "identifiability": cal.identifiability, "magnitudes": cal.magnitudes,
         "holdout_rule": cal.holdout_rule,
+        "failures": list(cal.failures), "screen": cal.screen,
         "parameter_flags": {n: {k: e.get(k) for k in ("at_bound", "not_identified",
                                                       "prior_dominated", "outside_prior_CI_95",
                                                       "source", "CI_95")}

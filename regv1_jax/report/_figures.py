@@ -184,15 +184,23 @@ def plot_correlation(cal: SiteCalibration, path: Path):
     names = ident["names"]
     C = np.asarray(ident["corr"])
     fig, ax = plt.subplots(figsize=(1.6 + 0.45 * len(names), 1.2 + 0.45 * len(names)))
-    im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    # grey: no correlation (a parameter the data do not identify)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
+    im = ax.imshow(np.ma.masked_invalid(C), cmap=cmap, vmin=-1, vmax=1)
+    # "(n.i.)" marks the parameters the data do not identify (grey rows and columns).
+    ni = [not np.isfinite(C[i]).any() or not np.isfinite(C[i, i]) for i in range(len(names))]
+    labels = [n + (" (n.i.)" if f else "") for n, f in zip(names, ni)]
+    ax.set_xticks(range(len(names)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), labels, fontsize=8)
     ax.set_xlabel("parameter", fontsize=8)
     ax.set_ylabel("parameter", fontsize=8)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{C[i, j]:.2f}" if np.isfinite(C[i, j]) else "n.i.",
-                    ha="center", va="center", fontsize=6)
+    # Values in the cells up to 12 parameters (the metrics.json matrix has them all); a
+    # larger matrix shows colours only.
+    if len(names) <= 12:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if np.isfinite(C[i, j]):
+                    ax.text(j, i, f"{C[i, j]:.2f}", ha="center", va="center", fontsize=6)
     for p in ident["pairs"]:
         if p["flag"]:
             i, j = names.index(p["pair"][0]), names.index(p["pair"][1])

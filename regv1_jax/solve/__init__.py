@@ -8,6 +8,8 @@ from ._ensemble import ensemble_hlo as ensemble_hlo
 from ._ensemble import simulate_ensemble as simulate_ensemble
 from ._kernel_rk4 import KernelRK4 as KernelRK4
 from ._kernel_rk4 import kernel_fields as kernel_fields
+from ._kernel_rk4 import kernel_names as kernel_names
+from ._kernel_rk4 import solver_kernels as solver_kernels
 from ._reference import OUTPUT_KEYS as OUTPUT_KEYS
 from ._reference import solve_scipy as solve_scipy
 from ._reference import solve_scipy_grid as solve_scipy_grid

@@ -39,7 +39,7 @@ from . import kernel as _kernel
 from ._simulate import FIELDS, Simulation, with_forcing
 from ._solvers import RK4, AbstractSolver
 
-__all__ = ["KernelRK4", "kernel_fields"]
+__all__ = ["KernelRK4", "kernel_fields", "kernel_names", "solver_kernels"]
 
 _NAMES = tuple(f for f, _ in FIELDS)
 
@@ -75,13 +75,26 @@ def _functions(name: str, steps: int, threads: int, layout: Layout, dtype):
         fields, finite = _kernel.rk4_observed(name, prm, fv, steps, threads)
         return tuple(fields[k] for k in _NAMES), finite.astype(prm.dtype)
 
+    def _primal_batched(axis_size, prm_batched, prm, fv):
+        outs, finite = primal(_fold(prm, axis_size, prm_batched), fv)
+        return tuple(_unfold(o, axis_size) for o in outs), _unfold(finite, axis_size)
+
     @primal.def_vmap
     def _primal_vmap(axis_size, in_batched, prm, fv):
         if in_batched[1]:
-            raise NotImplementedError("KernelRK4: a batched forcing is not supported")
-        outs, finite = primal(_fold(prm, axis_size, in_batched[0]), fv)
-        outs = tuple(_unfold(o, axis_size) for o in outs)
-        return (outs, _unfold(finite, axis_size)), ((True,) * len(outs), True)
+            # A batched forcing: the kernel when every copy is the same (a batched stage
+            # skip flag broadcasts the forcing of a bootstrap), else the XLA RK4 per member
+            # (the same numbers).
+            def xla():
+                return jax.vmap(lambda p, f: _xla_outputs(p, f, steps, layout),
+                                in_axes=(0 if in_batched[0] else None, 0))(prm, fv)
+
+            outs, finite = jax.lax.cond(
+                jnp.all(fv == fv[:1]),
+                lambda: _primal_batched(axis_size, in_batched[0], prm, fv[0]), xla)
+        else:
+            outs, finite = _primal_batched(axis_size, in_batched[0], prm, fv)
+        return (outs, finite), ((True,) * len(outs), True)
 
     @jax.custom_batching.custom_vmap
     def tangent(prm, dprm, fv):
@@ -97,7 +110,26 @@ def _functions(name: str, steps: int, threads: int, layout: Layout, dtype):
     @tangent.def_vmap
     def _tangent_vmap(axis_size, in_batched, prm, dprm, fv):
         if in_batched[2]:
-            raise NotImplementedError("KernelRK4: a batched forcing is not supported")
+            # As for the values: the kernel when every copy of the forcing is the same,
+            # else forward mode through the XLA RK4 per member.
+            def one(p, dp, f):
+                (outs, finite), (douts, _) = jax.jvp(
+                    lambda q: _xla_outputs(q, f, steps, layout), (p,), (dp,))
+                return outs, douts, finite
+
+            def xla():
+                return jax.vmap(one, in_axes=tuple(0 if b else None for b in in_batched))(
+                    prm, dprm, fv)
+
+            def kern():
+                return _tangent_vmap(axis_size, (True, True, False),
+                                     prm if in_batched[0] else jnp.broadcast_to(
+                                         prm, (axis_size,) + prm.shape),
+                                     dprm if in_batched[1] else jnp.broadcast_to(
+                                         dprm, (axis_size,) + dprm.shape), fv[0])[0]
+
+            out = jax.lax.cond(jnp.all(fv == fv[:1]), kern, xla)
+            return out, ((True,) * len(out[0]), (True,) * len(out[1]), True)
         outs, douts, finite = tangent(_fold(prm, axis_size, in_batched[0]),
                                       _fold(dprm, axis_size, in_batched[1]), fv)
         outs = tuple(_unfold(o, axis_size) for o in outs)
@@ -133,6 +165,22 @@ def _functions(name: str, steps: int, threads: int, layout: Layout, dtype):
     return outputs
 
 
+def _xla_outputs(prm, fv, steps: int, layout: Layout):
+    """What the kernel computes, by the XLA ``RK4``: ``prm`` ``(NP, B)``, ``fv`` ``(NY, 4)``
+    (the driver series) -> ``(fields, finite)`` (the fallback for a batched forcing)."""
+    from ._simulate import simulate
+
+    forcing = Forcing(fv[:, 0], fv[:, 1], fv[:, 2], fv[:, 3], 0)
+
+    def one(col):
+        p = jax.tree_util.tree_unflatten(_treedef(), list(col))
+        sim = simulate(p, forcing, solver=RK4(steps), n_lag=layout.n_lag)
+        return (tuple(getattr(sim, k) for k in _NAMES),
+                (sim.status == code("successful")).astype(prm.dtype))
+
+    return jax.vmap(one, in_axes=1)(prm)
+
+
 @functools.cache
 def _treedef():
     """The ``Params`` treedef (leaves in ``PARAM_NAMES`` order), made on first use."""
@@ -160,6 +208,23 @@ def kernel_fields(params: Params | Float[Array, " n_params"], forcing: Forcing, 
     fv = jnp.stack(driver_series(forcing.astype(dtype)), axis=1)
     outs, finite = fn(prm[:, None], fv)
     return {k: o[0] for k, o in zip(_NAMES, outs)}, finite[0]
+
+
+def kernel_names(dtype, layout: Layout = Layout()) -> list[str]:
+    """Build (or load) the value and tangent kernels of ``dtype`` and return their FFI target
+    names (none where the kernels are not available): what a program traced with
+    ``KernelRK4`` calls (``_traces.cached`` registers them before such a program runs)."""
+    if jax.default_backend() != "cpu":
+        return []
+    dtype = np.dtype(dtype)
+    return [n for n in _kernel.targets(_treedef(), layout, dtype, (False, True)) if n]
+
+
+def solver_kernels(solver: AbstractSolver | None, dtype) -> tuple:
+    """The kernel registrations a program traced with ``solver`` needs (for
+    ``_traces.cached``): :func:`kernel_names` of ``dtype`` for a ``KernelRK4``, else none."""
+    return (functools.partial(kernel_names, np.dtype(dtype)),) \
+        if isinstance(solver, KernelRK4) else ()
 
 
 class KernelRK4(AbstractSolver):

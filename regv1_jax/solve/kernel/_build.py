@@ -28,6 +28,7 @@ outputs equal ``simulate(method="rk4")``'s.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 import hashlib
@@ -43,11 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._traces import package_source_hash
 from ...model import Layout
 from .._simulate import FIELDS, OBSERVED
 from ._emit import BLOCK, GROUPS, initial_source, observation_source, rhs_source
 
-__all__ = ["available", "target", "rk4_observed", "vector_math", "kernel_source",
+__all__ = ["available", "target", "targets", "rk4_observed", "vector_math", "kernel_source",
            "CXXFLAGS", "LDFLAGS"]
 
 _HERE = Path(__file__).resolve().parent
@@ -114,8 +116,8 @@ def _cpu_tag() -> str:
 
 
 @functools.cache
-def _build(src: str) -> str | None:
-    """Compile ``src`` (cached on disk by content, compiler and CPU); the target name."""
+def _compiler() -> tuple[str, str] | None:
+    """The C++ compiler and its version text (None: no compiler)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         return None
@@ -124,8 +126,24 @@ def _build(src: str) -> str | None:
                                  timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    key = hashlib.sha256("\0".join([src, version, " ".join(CXXFLAGS + LDFLAGS), _cpu_tag(),
-                                    jax.ffi.include_dir()]).encode()).hexdigest()[:20]
+    return cxx, version
+
+
+def _setting() -> str:
+    """Everything besides the source that a build depends on."""
+    comp = _compiler()
+    return "\0".join([comp[1] if comp else "", " ".join(CXXFLAGS + LDFLAGS), _cpu_tag(),
+                      jax.ffi.include_dir()])
+
+
+@functools.cache
+def _build(src: str) -> str | None:
+    """Compile ``src`` (cached on disk by content, compiler and CPU); the target name."""
+    comp = _compiler()
+    if comp is None:
+        return None
+    cxx = comp[0]
+    key = hashlib.sha256("\0".join([src, _setting()]).encode()).hexdigest()[:20]
     lib = _cache_dir() / f"rk4_{key}.so"
     if not lib.exists():
         lib.parent.mkdir(parents=True, exist_ok=True)
@@ -144,10 +162,16 @@ def _build(src: str) -> str | None:
                               f"XLA path.\n{res.stderr[-2000:]}", stacklevel=3)
                 return None
             os.replace(tmp_lib, lib)  # atomic: concurrent builders agree
-    handle = ctypes.CDLL(str(lib))
+    return _load(lib, key)
+
+
+def _load(lib: Path, key: str) -> str:
+    """Load a built kernel and register its FFI target; the target name."""
     name = f"regv1_rk4_{key}"
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handle.regv1_rk4), platform="cpu")
-    _LIBS[name] = handle
+    if name not in _LIBS:
+        handle = ctypes.CDLL(str(lib))
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handle.regv1_rk4), platform="cpu")
+        _LIBS[name] = handle
     return name
 
 
@@ -161,22 +185,65 @@ def target(params, layout: Layout, dtype, jvp: bool = False) -> str | None:
     ``params``: a ``Params`` (any leaf shapes) or its treedef.  ``None`` when the kernel
     cannot be built (no compiler, ``REGV1_NO_KERNEL`` set, an unknown primitive).
     """
+    return targets(params, layout, dtype, (jvp,))[0]
+
+
+def targets(params, layout: Layout, dtype, jvps=(False, True)) -> list[str | None]:
+    """:func:`target` of each of ``jvps`` (the value kernel, the tangent kernel); the ones
+    not built yet compile at the same time (one compiler process each)."""
     if os.environ.get("REGV1_NO_KERNEL"):
-        return None
+        return [None] * len(jvps)
     if not isinstance(params, jax.tree_util.PyTreeDef):
         params = jax.tree_util.tree_structure(params)
-    return _target(params, layout, np.dtype(dtype), jvp)
+    dtype = np.dtype(dtype)
+    todo = [j for j in dict.fromkeys(jvps) if (params, layout, dtype, j) not in _TARGETS]
+    found = {j: _indexed(params, layout, dtype, j) for j in todo}
+    sources = {}
+    for j in todo:
+        if found[j] is None:
+            try:
+                sources[j] = kernel_source(params, layout, dtype, j)
+            except ValueError as e:  # a primitive the generator does not know
+                warnings.warn(f"regv1_jax: no RK4 kernel for this model ({e}); using the "
+                              "XLA path", stacklevel=3)
+                found[j] = ""
+    if sources:
+        with concurrent.futures.ThreadPoolExecutor(len(sources)) as pool:
+            built = dict(zip(sources, pool.map(_build, sources.values())))
+        for j, name in built.items():
+            found[j] = name or ""
+            if name:
+                try:
+                    _index_path(params, layout, dtype, j).write_text(
+                        name.removeprefix("regv1_rk4_"))
+                except OSError:
+                    pass
+    for j in todo:
+        _TARGETS[(params, layout, dtype, j)] = found[j] or None
+    return [_TARGETS[(params, layout, dtype, j)] for j in jvps]
 
 
-@functools.cache
-def _target(p_def, layout, dtype, jvp=False):
+_TARGETS: dict = {}
+
+
+def _index_path(p_def, layout, dtype, jvp) -> Path:
+    # Generating the source traces the model (~0.25 s): an index by the package's sources
+    # (and the build setting) finds a kernel built earlier without it.
+    return _cache_dir() / ("index_" + hashlib.sha256("\0".join(
+        [package_source_hash(), repr(p_def), repr(layout), str(dtype), str(jvp),
+         _setting()]).encode()).hexdigest()[:20])
+
+
+def _indexed(p_def, layout, dtype, jvp) -> str | None:
+    """The target of a kernel built earlier (found by the index), else None."""
     try:
-        src = kernel_source(p_def, layout, dtype, jvp)
-    except ValueError as e:  # a primitive the generator does not know
-        warnings.warn(f"regv1_jax: no RK4 kernel for this model ({e}); using the XLA path",
-                      stacklevel=3)
+        key = _index_path(p_def, layout, dtype, jvp).read_text().strip()
+    except OSError:
         return None
-    return _build(src)
+    lib = _cache_dir() / f"rk4_{key}.so"
+    if _compiler() is not None and lib.exists():
+        return _load(lib, key)
+    return None
 
 
 def available(params, layout: Layout, dtype) -> bool:

@@ -523,7 +523,10 @@ def bootstrap_study(
     W = np.asarray(year_weights(all_counts, train_idx, ny))
     devices = tuple(jax.devices() if devices is None else devices)
     nd = len(devices)
-    chunk = max(nd, -(-min(chunk, W.shape[0]) // nd) * nd)
+    # Rows padded to a multiple of 32 (of the devices): studies whose jackknife lengths
+    # differ by a few rows (the automatic block length) share one compiled shape.
+    rows = -(-W.shape[0] // 32) * 32
+    chunk = max(nd, -(-min(chunk, rows) // nd) * nd)
     dt = params.dtype
     t0 = time.perf_counter()
 

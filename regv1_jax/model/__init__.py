@@ -8,6 +8,7 @@ from ._equilibria import Equilibria as Equilibria
 from ._equilibria import bifurcation as bifurcation
 from ._equilibria import cover_rate as cover_rate
 from ._equilibria import equilibria as equilibria
+from ._equilibria import rainfall_limits as rainfall_limits
 from ._equilibria import slaved_state as slaved_state
 from ._field import LAYER_DEPTHS_M as LAYER_DEPTHS_M
 from ._field import N_LAG_DEFAULT as N_LAG_DEFAULT

@@ -40,7 +40,7 @@ from ._field import (
 from ._params import Params
 
 __all__ = ["Climate", "Equilibria", "equilibria", "slaved_state", "cover_rate",
-           "Bifurcation", "bifurcation", "MAX_EQUILIBRIA"]
+           "Bifurcation", "bifurcation", "rainfall_limits", "MAX_EQUILIBRIA"]
 
 # At most this many equilibria are reported per climate (V = 0 included); the model has
 # at most three in every case we have seen (bare, saddle, restored).
@@ -314,7 +314,43 @@ def bifurcation(
     eqs = jax.vmap(lambda P_: equilibria(p, climate(P_), n_grid=n_grid, n_lag=n_lag))(P)
     veg = jnp.any(eqs.valid & eqs.stable & (eqs.V > 0), axis=-1)
     bare = eqs.valid[:, 0] & eqs.stable[:, 0] & (eqs.V[:, 0] == 0)
-    nan = jnp.asarray(jnp.nan, dtype)
+    P_veg, P_bare = _folds(p, P, veg, bare, climate, n_grid, n_lag)
+    folds = jnp.stack([P_veg, P_bare])
+    return Bifurcation(P, eqs, folds, P_veg, P_bare)
+
+
+@eqx.filter_jit
+def rainfall_limits(
+    p: Params,
+    rainfall: Float[Array, " k"],
+    *,
+    intensity: float = 1.0,
+    psi_plant: float = 0.0,
+    psi_eng: float = 0.0,
+    n_grid: int = 256,
+    n_lag: int = N_LAG_DEFAULT,
+    n_bisect: int = 24,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """``(P_veg, P_bare_unstable)`` of :func:`bifurcation` (mm yr^-1) without the equilibria
+    and their eigenvalues over the sweep: the flags on the sweep are the grid signs of
+    h(V)/V (what the bisection uses anyway), so it costs a few per-capita grids per
+    rainfall; ``vmap`` it over parameter sets (the thresholds of bootstrap replicates).
+    ``n_bisect`` bisections locate each limit to ``spacing / 2**n_bisect``; the cost is
+    ``len(rainfall) + 2 n_bisect`` per-capita grids of ``n_grid`` covers."""
+    P = jnp.asarray(rainfall, p.dtype)
+
+    def climate(P_):
+        return Climate(P_, intensity, psi_plant, psi_eng)
+
+    veg, bare = jax.vmap(lambda P_: _grid_flags(p, climate(P_), n_grid, n_lag))(P)
+    return _folds(p, P, veg, bare, climate, n_grid, n_lag, n_bisect)
+
+
+def _folds(p: Params, P, veg, bare, climate, n_grid: int, n_lag: int, n_bisect: int = 24):
+    """``P_veg`` and ``P_bare_unstable`` from the flags on the sweep ``P``, bisected between
+    the neighbours where each first changes (NaN where it never does, ``P[0]`` when cover
+    is possible over the whole sweep)."""
+    nan = jnp.asarray(jnp.nan, p.dtype)
 
     def first_flip(flag):
         flips = flag[1:] != flag[:-1]
@@ -322,14 +358,14 @@ def bifurcation(
         return jnp.any(flips), P[i], P[i + 1]
 
     has_v, lo_v, hi_v = first_flip(veg)
+    def flag(k):
+        return lambda q: _grid_flags(p, climate(q), n_grid, n_lag)[k]
+
     P_veg = jnp.where(
-        has_v,
-        _bisect_flip(lambda q: _grid_flags(p, climate(q), n_grid, n_lag)[0], lo_v, hi_v, 24),
+        has_v, _bisect_flip(flag(0), lo_v, hi_v, n_bisect),
         jnp.where(veg[0], P[0], nan))
     has_b, lo_b, hi_b = first_flip(bare)
     P_bare = jnp.where(
-        has_b,
-        _bisect_flip(lambda q: _grid_flags(p, climate(q), n_grid, n_lag)[1], lo_b, hi_b, 24),
+        has_b, _bisect_flip(flag(1), lo_b, hi_b, n_bisect),
         nan)
-    folds = jnp.stack([P_veg, P_bare])
-    return Bifurcation(P, eqs, folds, P_veg, P_bare)
+    return P_veg, P_bare

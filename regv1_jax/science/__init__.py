@@ -39,6 +39,9 @@ from ._study import ScalingStudy as ScalingStudy
 from ._study import fit_laws as fit_laws
 from ._study import scaling_study as scaling_study
 from ._study import site_summaries as site_summaries
+from ._thresholds import LIMIT_BISECT as LIMIT_BISECT
+from ._thresholds import LIMIT_GRID as LIMIT_GRID
+from ._thresholds import PARAMETER_THRESHOLDS as PARAMETER_THRESHOLDS
 from ._thresholds import RAIN_SWEEP as RAIN_SWEEP
 from ._thresholds import THRESHOLDS as THRESHOLDS
 from ._thresholds import replicate_params as replicate_params

@@ -12,8 +12,9 @@ rainfall (MAP): ``V_crit = f(MAP, ...)`` (expected to fall with MAP), ``theta* =
   one-sided test of the seed's expected sign of the MAP slope;
 * :func:`fit_power_law`: ``eta1 = alpha0 + alpha1 MAP^(-beta)`` by weighted nonlinear least
   squares (the library's Levenberg-Marquardt from several ``beta`` starts under ``vmap``,
-  starting at the seed's ``alpha0`` = 5 mm/% SOM), intervals from the Gauss-Newton
-  covariance at the optimum (scaled as above).
+  starting at the seed's ``alpha0`` = 5 mm/% SOM), a between-site scatter added to the
+  sites' own intervals where they do not explain the scatter about the law, and
+  profile-likelihood intervals (the law is far from linear in ``beta``).
 
 Pure JAX (``jit``, ``vmap`` and ``grad`` through the fits); Student-t quantiles come from
 scipy on the host (they depend on the degrees of freedom only).
@@ -62,10 +63,13 @@ class LawFit:
     expected_sign: int | None = None
     sign_p: float | None = None
     converged: bool = True
+    tau: float = 0.0  # between-site scatter added to every site's sd (units of the law)
+    interval: str = "Student-t on the scaled Gauss-Newton (Wald) covariance"
 
     def as_dict(self) -> dict:
         d = {"law": self.law, "form": self.form, "n_sites": self.n, "dof": self.dof,
              "chi2": self.chi2, "converged": self.converged,
+             "between_site_scatter_tau": self.tau, "interval": self.interval,
              "coefficients": {n: {"estimate": float(e), "se": float(s),
                                   "CI_95": [float(c[0]), float(c[1])]}
                               for n, e, s, c in zip(self.names, self.estimate, self.se,
@@ -146,6 +150,38 @@ def _power_residuals(theta, MAP, y, sd):
     return (a0 + a1 * (MAP / 500.0) ** (-b) - y) / sd
 
 
+def _power_fits(U0, free, MAP, y, sd):
+    """Levenberg-Marquardt of the power law from every row of ``U0`` ``(m, 3)``, the
+    coefficients where ``free`` ``(m, 3)`` is False held at their start: ``(theta (m, 3),
+    chi2 (m,))``; one compiled call for all rows (starts and profile points alike)."""
+    from ..fit import LevenbergMarquardt
+
+    lm = LevenbergMarquardt(max_steps=200, width=3)
+
+    def one(u0, mask):
+        res = lm.minimise(lambda t: _power_residuals(t, MAP, y, sd),
+                          lambda t: 0.5 * jnp.sum(_power_residuals(t, MAP, y, sd) ** 2),
+                          u0, mask, MAP.shape[0])
+        return res.u, 2.0 * res.trace[-1]
+
+    return jax.vmap(one)(U0, free)
+
+
+_power_fits_jit = jax.jit(_power_fits)
+
+
+def _best(U0, free, MAP, y, sd):
+    U, chi2 = (np.asarray(a) for a in _power_fits_jit(jnp.asarray(U0), jnp.asarray(free),
+                                                      MAP, y, sd))
+    chi2 = np.where(np.isfinite(chi2), chi2, np.inf)
+    k = int(np.argmin(chi2))
+    return U[k], float(chi2[k])
+
+
+PROFILE_GRID = 48  # profile points per coefficient, over estimate +- PROFILE_SPAN se
+PROFILE_SPAN = 8.0
+
+
 def fit_power_law(MAP, y, sd, *, alpha0_start: float = UNIVERSAL_ETA1_PER_SOM,
                   betas=(0.25, 0.5, 1.0, 2.0, 4.0), law: str = "eta1_per_SOM") -> LawFit:
     """``y = alpha0 + alpha1 (MAP / 500 mm)^(-beta)`` by weighted nonlinear least squares.
@@ -155,10 +191,18 @@ def fit_power_law(MAP, y, sd, *, alpha0_start: float = UNIVERSAL_ETA1_PER_SOM,
     well conditioned (``alpha1_seed = alpha1 * 500^beta``).  Levenberg-Marquardt from each
     ``beta`` start (``alpha0`` starting at the seed's universal prior, ``alpha1`` from the
     linear fit at that ``beta``), all starts under ``vmap``; the lowest chi-square wins.
-    Intervals: the Gauss-Newton covariance at the optimum times ``max(1, chi2 / dof)``,
-    Student-t on ``n - 3`` degrees of freedom."""
-    from ..fit import LevenbergMarquardt
 
+    Weights: each site's ``sd`` (from its interval) combined with a between-site scatter
+    ``tau`` (``sd_eff^2 = sd^2 + tau^2``, DerSimonian-Laird style): ``tau = 0`` when the
+    sites' own intervals explain the scatter about the law (chi2 / dof <= 1), else the
+    ``tau`` that makes chi2 / dof = 1 (bisection), so that a few sites with over-narrow
+    intervals do not decide the law alone.  Intervals: **profile likelihood** (each
+    coefficient held on a grid of ``PROFILE_GRID`` values over its estimate
+    +- ``PROFILE_SPAN`` Gauss-Newton standard errors, the other two refitted; the 95%
+    interval is where chi2 rises by ``t^2`` of ``n - 3`` degrees of freedom), because the
+    law is far from linear in ``beta`` and the Gauss-Newton (Wald) interval under-covers;
+    a side that does not cross within the grid is reported as infinite.  ``se`` is the
+    Gauss-Newton standard error."""
     MAP, y, sd = (np.asarray(a, np.float64) for a in (MAP, y, sd))
     ok = np.isfinite(MAP) & np.isfinite(y) & np.isfinite(sd) & (sd > 0)
     MAP, y, sd = MAP[ok], y[ok], sd[ok]
@@ -170,32 +214,71 @@ def fit_power_law(MAP, y, sd, *, alpha0_start: float = UNIVERSAL_ETA1_PER_SOM,
         g = (MAP / 500.0) ** (-b)
         a1 = float(np.sum((y - alpha0_start) * g / sd**2) / np.sum(g**2 / sd**2))
         starts.append([alpha0_start, a1, b])
-    U0 = jnp.asarray(starts)
-    lm = LevenbergMarquardt(max_steps=200, width=3)
-    args = tuple(jnp.asarray(a) for a in (MAP, y, sd))
-
-    def one(u0):
-        res = lm.minimise(lambda t: _power_residuals(t, *args),
-                          lambda t: 0.5 * jnp.sum(_power_residuals(t, *args) ** 2),
-                          u0, jnp.ones(3, bool), n)
-        return res.u, res.trace[-1]
-
-    U, losses = jax.jit(jax.vmap(one))(U0)
-    losses = np.where(np.isfinite(np.asarray(losses)), np.asarray(losses), np.inf)
-    best = int(np.argmin(losses))
-    theta = np.asarray(U[best])
-    J = np.asarray(jax.jacfwd(lambda t: _power_residuals(t, *args))(jnp.asarray(theta)))
-    chi2 = float(2 * losses[best])
+    U0, all_free = np.asarray(starts), np.ones((len(starts), 3), bool)
+    jM, jy = jnp.asarray(MAP), jnp.asarray(y)
     dof = n - 3
-    scale = max(1.0, chi2 / dof)
+
+    def fit(tau):
+        s = jnp.asarray(np.sqrt(sd**2 + tau**2))
+        return (*_best(U0, all_free, jM, jy, s), s)
+
+    theta, chi2, s = fit(0.0)
+    tau = 0.0
+    if chi2 / dof > 1.0:
+        lo, hi = 0.0, float(np.std(y)) + 1e-12
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if fit(mid)[1] / dof > 1.0:
+                lo = mid
+            else:
+                hi = mid
+        tau = hi
+        theta, chi2, s = fit(tau)
+    J = np.asarray(jax.jacfwd(lambda t: _power_residuals(t, jM, jy, s))(jnp.asarray(theta)))
     try:
-        cov = np.linalg.inv(J.T @ J) * scale
-        se = np.sqrt(np.diag(cov))
+        se = np.sqrt(np.diag(np.linalg.inv(J.T @ J)))
         converged = bool(np.all(np.isfinite(se)))
     except np.linalg.LinAlgError:
         se, converged = np.full(3, np.nan), False
-    t = _t_quantile(dof)
-    ci = np.stack([theta - t * se, theta + t * se], axis=1)
+    q = _t_quantile(dof) ** 2
+    ci = np.full((3, 2), np.nan)
+    if converged:
+        rows, free = [], []
+        grids = []
+        for i in range(3):
+            g = theta[i] + se[i] * np.linspace(-PROFILE_SPAN, PROFILE_SPAN, PROFILE_GRID)
+            grids.append(g)
+            for v in g:
+                u = theta.copy()
+                u[i] = v
+                m = np.ones(3, bool)
+                m[i] = False
+                rows.append(u)
+                free.append(m)
+        _, prof = _power_fits_jit(jnp.asarray(np.asarray(rows)), jnp.asarray(np.asarray(free)),
+                                  jM, jy, s)
+        prof = np.asarray(prof).reshape(3, PROFILE_GRID) - chi2
+        for i in range(3):
+            ci[i] = _crossings(grids[i], prof[i], q, theta[i])
     return LawFit(law, f"{law} = alpha0 + alpha1 * (MAP / 500 mm)^(-beta)",
                   ("alpha0", "alpha1_at_500mm", "beta"), theta, se, ci, chi2, dof, n,
-                  converged=converged)
+                  converged=converged, tau=tau, interval="profile likelihood")
+
+
+def _crossings(grid, dchi2, q, centre):
+    """Where the profile ``dchi2`` on ``grid`` first rises through ``q`` on each side of
+    ``centre`` (linear interpolation; infinite where it does not)."""
+    d = np.where(np.isfinite(dchi2), dchi2, np.inf)
+    out = []
+    for side in (-1, 1):
+        idx = np.flatnonzero(grid < centre)[::-1] if side < 0 else np.flatnonzero(grid > centre)
+        prev_x, prev_d = centre, 0.0
+        bound = -np.inf if side < 0 else np.inf
+        for j in idx:
+            if d[j] >= q:
+                x0, x1, d0, d1 = prev_x, grid[j], prev_d, d[j]
+                bound = x0 + (q - d0) * (x1 - x0) / (d1 - d0) if np.isfinite(d1) else x1
+                break
+            prev_x, prev_d = grid[j], d[j]
+        out.append(bound)
+    return out

@@ -51,7 +51,7 @@ from ..fit import (
     site_problem,
 )
 from ..io import DataError, Site, convert_gauge, load_site, read_forcing_csv, site_forcing
-from ..model import Forcing, load_param_space
+from ..model import Forcing, ParameterError, load_param_space
 
 __all__ = ["SiteSpec", "SITES_COLUMNS", "COVARIATES", "read_sites_table", "site_of",
            "calibrate_many", "pad_forcing", "pad_targets"]
@@ -111,6 +111,7 @@ def read_sites_table(path: str | Path) -> list[SiteSpec]:
     if df.empty:
         raise DataError(f"{path}: no sites")
     out, seen = [], set()
+    regions: set[str] = set()
     for i, row in df.iterrows():
         line = int(i) + 2
         name = row["site"].strip()
@@ -134,12 +135,19 @@ def read_sites_table(path: str | Path) -> list[SiteSpec]:
             text = row.get(col, "").strip()
             return None if not text else _number(path, line, col, text, **kw)
 
+        region = row["region"].strip()
+        if region not in regions:
+            try:  # the priors name the region or say which exist
+                load_param_space(region)
+            except ParameterError as err:
+                raise DataError(f"{path}, line {line}: site {name!r}: {err}") from None
+            regions.add(region)
         data = file("data_file")
         if data is None:
             raise DataError(f"{path}, line {line}: site {name!r} has no data_file")
         cov = {c: num(c) for c in COVARIATES if num(c) is not None}
         start = num("planting_start", integer=True)
-        out.append(SiteSpec(name, row["region"].strip(), data, num("MAP_mm", positive=True),
+        out.append(SiteSpec(name, region, data, num("MAP_mm", positive=True),
                             num("area_km2", positive=True), file("forcing_file"),
                             None if start is None else int(start),
                             row.get("location", "").strip() or None, cov))

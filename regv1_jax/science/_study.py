@@ -21,7 +21,10 @@ LINEAR_LAWS = ("V_crit", "theta_star", "SOM_star")
 
 
 def _weights(rows, name):
-    y = np.array([r[name] for r in rows], float)
+    """Values and interval sds of ``name`` over the rows (NaN at sites where ``name`` is a
+    parameter no stage calibrated: its value there is the prior's, not the data's)."""
+    y = np.array([r[name] if r.get(f"{name}_calibrated", True) else np.nan for r in rows],
+                 float)
     lo = np.array([r[f"{name}_lo"] for r in rows], float)
     hi = np.array([r[f"{name}_hi"] for r in rows], float)
     sd = np.asarray(interval_sd(lo, hi))
@@ -47,7 +50,18 @@ def fit_laws(rows: list[dict], covariates: dict[str, Sequence[float]] | None = N
         except ValueError as err:
             out[key] = {"error": str(err), "coefficients": {}}
 
+    def uncalibrated(name):
+        n_cal = sum(bool(r.get(f"{name}_calibrated", True)) for r in rows)
+        if n_cal < 3:
+            out[name] = {"error": f"{name} was calibrated at {n_cal} of {len(rows)} site(s) "
+                         "(no stage fitted it elsewhere: it is the prior's value there, not "
+                         "the data's): not calibrated enough for a law", "coefficients": {}}
+            return True
+        return False
+
     for name in LINEAR_LAWS:
+        if uncalibrated(name):
+            continue
         y, sd, w = _weights(rows, name)
         put(name, lambda y=y, sd=sd, name=name: fit_linear(
             name, MAP, y, sd, expected_sign=SEED_SIGNS.get(name)), w)
@@ -57,6 +71,8 @@ def fit_laws(rows: list[dict], covariates: dict[str, Sequence[float]] | None = N
     if covariates:
         put("V_crit (covariates)", lambda: fit_linear(
             "V_crit", MAP, y, sd, covariates=covariates, expected_sign=-1), w)
+    if uncalibrated("eta1"):
+        return out
     y, sd, w = _weights(rows, "eta1")
     put("eta1", lambda: fit_power_law(MAP, y, sd, law="eta1"), w)
     return out

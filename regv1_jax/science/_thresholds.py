@@ -29,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..analysis import percentile_interval, site_bootstrap
-from ..model import PARAM_NAMES, Climate, Params, bifurcation, equilibria
+from ..fit import fitted_names
+from ..model import PARAM_NAMES, Climate, Params, equilibria, rainfall_limits
 
-__all__ = ["THRESHOLDS", "RAIN_SWEEP", "thresholds", "thresholds_table", "replicate_params"]
+__all__ = ["THRESHOLDS", "PARAMETER_THRESHOLDS", "RAIN_SWEEP", "LIMIT_GRID", "LIMIT_BISECT",
+           "thresholds", "thresholds_table", "replicate_params"]
 
 THRESHOLDS = {
     "V_crit": "cover fraction (0-1)",
@@ -42,19 +44,31 @@ THRESHOLDS = {
     "P_bare_unstable": "mm/yr",
     "bistable_width": "mm/yr",
 }
-RAIN_SWEEP = (100.0, 1500.0, 57)  # the MAP sweep (mm/yr) that brackets the folds
+# The MAP sweep (mm/yr) that brackets the rainfall limits, the cover grid and the bisections
+# that locate them: P_veg within ~2 mm and P_bare_unstable within ~0.2 mm of the fine
+# settings of ``model.bifurcation`` (256 covers, 24 bisections; tests/test_science.py) at a
+# fifth of the cost (the limits of every bootstrap replicate are computed).
+RAIN_SWEEP = (100.0, 1500.0, 29)
+# The thresholds that are model parameters (the others are derived from all of them).
+PARAMETER_THRESHOLDS = ("theta_star", "SOM_star", "eta1")
+LIMIT_GRID, LIMIT_BISECT = 96, 12
 
 
 @eqx.filter_jit
-def thresholds(p: Params, MAP, intensity=1.0, sweep=RAIN_SWEEP) -> dict[str, jax.Array]:
-    """Every entry of ``THRESHOLDS`` for one parameter set (scalar leaves; ``vmap`` for
-    many) at mean annual rainfall ``MAP`` (mm/yr) and storm ``intensity``."""
+def thresholds(p: Params, MAP, intensity=1.0, sweep=RAIN_SWEEP,
+               batched: bool = False) -> dict[str, jax.Array]:
+    """Every entry of ``THRESHOLDS`` for one parameter set (scalar leaves) at mean annual
+    rainfall ``MAP`` (mm/yr) and storm ``intensity``; ``batched``: ``p``'s leaves have a
+    leading axis (one compiled call for all of them; ``vmap`` works too)."""
+    if batched:
+        return jax.vmap(lambda q: thresholds(q, MAP, intensity, sweep))(p)
     eq = equilibria(p, Climate(jnp.asarray(MAP, p.dtype), jnp.asarray(intensity, p.dtype)))
     rain = jnp.linspace(sweep[0], sweep[1], sweep[2], dtype=p.dtype)
-    bif = bifurcation(p, rain, intensity=intensity)
+    P_veg, P_bare = rainfall_limits(p, rain, intensity=intensity, n_grid=LIMIT_GRID,
+                                    n_bisect=LIMIT_BISECT)
     return {"V_crit": eq.V_crit, "theta_star": p.theta_star, "SOM_star": p.SOM_star,
-            "eta1": p.eta1, "P_veg": bif.P_veg, "P_bare_unstable": bif.P_bare_unstable,
-            "bistable_width": bif.P_bare_unstable - bif.P_veg}
+            "eta1": p.eta1, "P_veg": P_veg, "P_bare_unstable": P_bare,
+            "bistable_width": P_bare - P_veg}
 
 
 def replicate_params(point: Params, names: Sequence[str], values: np.ndarray) -> Params:
@@ -74,11 +88,15 @@ def thresholds_table(cals, MAPs: Sequence[float], *, B: int = 200, seed: int = 0
     95% bootstrap percentile interval (``B`` staged refits per site; ``B = 0``: no
     intervals) with the number of replicates used.  Units: ``THRESHOLDS``."""
     rows = []
-    for k, (cal, MAP) in enumerate(zip(cals, MAPs)):
-        inten = 1.0 if intensities is None else float(intensities[k])
+    for k, (cal, MAP_mm) in enumerate(zip(cals, MAPs)):
+        # as arrays: the jitted thresholds are traced once for every site (a Python float
+        # would be a static argument, one compile per MAP)
+        dt = cal.params.dtype
+        inten = jnp.asarray(1.0 if intensities is None else float(intensities[k]), dt)
+        MAP = jnp.asarray(float(MAP_mm), dt)
         t0 = time.perf_counter()
         point = {n: float(v) for n, v in thresholds(cal.params, MAP, inten).items()}
-        row: dict = {"site": cal.site, "region": cal.region, "MAP_mm": float(MAP),
+        row: dict = {"site": cal.site, "region": cal.region, "MAP_mm": float(MAP_mm),
                      "B": int(B), "interval": "bootstrap percentile, 95%" if B else "none"}
         reps = None
         if B:
@@ -91,10 +109,13 @@ def thresholds_table(cals, MAPs: Sequence[float], *, B: int = 200, seed: int = 0
                 ok = np.asarray(boot.used, bool)
                 vals = np.asarray(boot.replicates)[:, :len(boot.names)]
                 P = replicate_params(cal.params, boot.names, vals)
-                batch = jax.vmap(lambda p: thresholds(p, MAP, inten))(P)
+                batch = thresholds(P, MAP, inten, batched=True)
                 reps = {n: np.asarray(v) for n, v in batch.items()}
                 row["replicates_used"] = int(ok.sum())
                 row["block_length"] = int(boot.block_length)
+        fitted = set(fitted_names(cal.stages))
+        for name in PARAMETER_THRESHOLDS:  # a parameter no stage fitted is the prior's
+            row[f"{name}_calibrated"] = name in fitted
         for name in THRESHOLDS:
             row[name] = point[name]
             lo = hi = float("nan")

@@ -13,7 +13,9 @@ the default solver and optimiser, 8 starts per stage):
   the batched call would run).
 
 Each is timed on its first call in this process (compilation included) and warm (its second
-call).  The ratio to read is ``many / one`` (goal < 3 for 12 sites) and ``loop / many``.
+call), and ``one`` and ``many`` also in a fresh Python process each (imports, tracing and
+compilation included: what a user's script pays; the built CPU kernels are on disk).  The
+ratios to read are ``many / one`` (goal < 3 for 12 sites) and ``loop / many``.
 The scipy peer of one site's staged fit is ``bench_main_job.py``'s (the per-site cost does
 not change with batching).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +51,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="regv1_multisite_"))
     maps = science.GRADIENT_MAPS if args.sites == 12 else tuple(
         float(x) for x in __import__("numpy").linspace(200, 700, args.sites))
-    specs = science.read_sites_table(science.synthetic_gradient(tmp, maps=maps))
+    table = science.synthetic_gradient(tmp, maps=maps)
+    specs = science.read_sites_table(table)
     cfg = fit.CalibrationConfig(**science.GRADIENT_CONFIG)
 
     def timed(fn):
@@ -68,6 +72,21 @@ def main(argv=None) -> int:
         warm, cals = timed(fn)
         res[key] = {"first_call_s": first, "warm_s": warm}
         print(f"{key:5s}: first call {first:7.2f} s, warm {warm:7.2f} s", flush=True)
+    for key, n in (("one", 1), ("many", len(specs))):
+        code = ("import time, jax; t = time.perf_counter(); jax.config.update("
+                "'jax_enable_x64', True); from regv1_jax import fit, science; "
+                f"specs = science.read_sites_table({str(table)!r})[:{n}]; "
+                "cfg = fit.CalibrationConfig(**science.GRADIENT_CONFIG); "
+                "science.calibrate_many(specs, cfg, identifiability=False); "
+                "print(time.perf_counter() - t)")
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        res[key]["fresh_process_s"] = time.perf_counter() - t
+        res[key]["fresh_process_in_script_s"] = float(out.stdout.strip().splitlines()[-1])
+        print(f"{key:5s}: fresh process {res[key]['fresh_process_s']:7.2f} s", flush=True)
+    res["many_over_one_fresh_process"] = (res["many"]["fresh_process_s"]
+                                          / res["one"]["fresh_process_s"])
     many_loss = [float(c.stages[-1].final_loss) for c in
                  science.calibrate_many(specs, cfg, identifiability=False)]
     loop_loss = [float(c.stages[-1].final_loss) for c in cals]
@@ -77,7 +96,8 @@ def main(argv=None) -> int:
     res["loop_over_many_warm"] = res["loop"]["warm_s"] / res["many"]["warm_s"]
     print(f"many / one: {res['many_over_one_warm']:.2f} warm (goal < 3), "
           f"{res['many_over_one_first']:.2f} first call; loop / many: "
-          f"{res['loop_over_many_warm']:.2f} warm", flush=True)
+          f"{res['loop_over_many_warm']:.2f} warm; many / one in fresh processes: "
+          f"{res['many_over_one_fresh_process']:.2f}", flush=True)
     Path(args.out).write_text(json.dumps(res, indent=1, default=str))
     print(f"wrote {args.out}")
     return 0

@@ -122,10 +122,11 @@ def test_calibration_through_the_kernel_equals_the_xla_rk4_fit():
     np.testing.assert_array_equal(np.asarray(kern.status), np.asarray(xla.status))
 
 
-def test_batched_forcing_takes_the_kernel_when_copies_agree_and_xla_otherwise():
-    """A vmapped forcing (a bootstrap's batched stage-skip flag broadcasts it): the values and a
-    forward-mode derivative equal the XLA path both when every copy is the same (the kernel
-    runs) and when the copies differ (the XLA RK4 runs per member)."""
+def test_batched_forcing_runs_one_kernel_call_with_a_forcing_per_member():
+    """A vmapped forcing (sites with their own rainfall; a bootstrap's batched stage-skip
+    flag broadcasts one): the values and a forward-mode derivative equal the XLA path, when
+    every copy is the same and when the copies differ, and the program calls the kernel
+    (no XLA RK4 loop inside)."""
     space, p = loess()
     f = yanhe_forcing(1995, 2004)
     free = space.select("r_V", "K_V", "ET_p")
@@ -148,3 +149,12 @@ def test_batched_forcing_takes_the_kernel_when_copies_agree_and_xla_otherwise():
         np.testing.assert_allclose(vk, vx, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(jk, jx, rtol=1e-9, atol=1e-10)
     assert not np.allclose(vx[0], vx[2])
+    # one kernel call per evaluation, nothing of the XLA solver in the program
+    rains = differ
+
+    def one(v, x):
+        g = dataclasses.replace(f, rainfall=x)
+        return _outputs(r.simulate(free.unpack(v, p), g, solver=KernelRK4()))
+
+    hlo = jax.jit(jax.vmap(one)).lower(V, rains).as_text()
+    assert "custom_call @regv1_rk4" in hlo and "while" not in hlo

@@ -352,17 +352,19 @@ def fit_sites(bases: Params, problems: StagedProblem, forcings: Forcing, targets
               comparisons: Comparison | None = None):
     """The staged fits of many sites of one region in one compiled call: every argument but
     ``prior_w``, ``space`` and ``settings`` has a leading site axis (sites padded to a
-    common number of years, the padding masked).  A ``lax.map`` over the sites of
+    common number of years, the padding masked).  A ``vmap`` over the sites of
     :func:`fit_staged` (``comparisons`` None: returns the stacked :class:`FitResult`) or
     of :func:`fit_compared` (returns ``(FitResult with axes (sites, branches, ...),
-    losses (sites, branches))``)."""
+    losses (sites, branches))``): on CPU every site's starts and tangents are members of
+    one kernel call per evaluation, each with its own forcing (the optimiser's loops run
+    until the slowest site has finished)."""
     if comparisons is None:
-        return jax.lax.map(lambda xs: _fit_staged_counted(xs[0], xs[1], xs[2], xs[3], xs[4],
-                                                          prior_w, space, settings),
-                           (bases, problems, forcings, targets, cell_w))
-    return jax.lax.map(lambda xs: _fit_compared(xs[0], xs[1], xs[2], xs[3], xs[4], prior_w,
-                                                space, settings, xs[5]),
-                       (bases, problems, forcings, targets, cell_w, comparisons))
+        return jax.vmap(lambda b, pr, fo, ta, w: _fit_staged_counted(
+            b, pr, fo, ta, w, prior_w, space, settings))(bases, problems, forcings, targets,
+                                                         cell_w)
+    return jax.vmap(lambda b, pr, fo, ta, w, c: _fit_compared(b, pr, fo, ta, w, prior_w,
+                                                              space, settings, c))(
+        bases, problems, forcings, targets, cell_w, comparisons)
 
 
 def trace_count() -> int:

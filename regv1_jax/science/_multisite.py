@@ -23,8 +23,9 @@ column                 meaning
 :func:`calibrate_many` calibrates every site with the site calibration's own steps
 (``fit.site_problem``, ``fit.prepare_fit``, ``fit.finish_fit``, ``fit.finish_site``) but
 one compiled call per region for all the sites' staged fits (``fit.fit_sites``: a
-``lax.map`` over the sites, each padded at its end to the longest record, the padding
-masked: the same numbers as one site at a time).
+``vmap`` over the sites, each padded at its end to the longest record, the padding
+masked; on CPU each evaluation is one kernel call with a forcing per member: the same
+numbers as one site at a time, tests/test_science.py).
 """
 
 from __future__ import annotations

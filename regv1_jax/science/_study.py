@@ -51,11 +51,14 @@ def fit_laws(rows: list[dict], covariates: dict[str, Sequence[float]] | None = N
             out[key] = {"error": str(err), "coefficients": {}}
 
     def uncalibrated(name):
-        n_cal = sum(bool(r.get(f"{name}_calibrated", True)) for r in rows)
+        if not any(f"{name}_calibrated" in r for r in rows):
+            return False  # derived from every parameter (V_crit): no such flag
+        n_cal = sum(bool(r.get(f"{name}_calibrated")) for r in rows)
         if n_cal < 3:
             out[name] = {"error": f"{name} was calibrated at {n_cal} of {len(rows)} site(s) "
-                         "(no stage fitted it elsewhere: it is the prior's value there, not "
-                         "the data's): not calibrated enough for a law", "coefficients": {}}
+                         "(where no stage fitted it, its value is the prior's, not the "
+                         "data's); a law needs at least 3 calibrated sites",
+                         "coefficients": {}}
             return True
         return False
 

@@ -58,6 +58,22 @@ def _fold(x, axis_size, batched):
     return jnp.moveaxis(x, 0, 1).reshape(x.shape[1], axis_size * x.shape[2])
 
 
+def _fold_forcing(fv, axis_size, batched, members):
+    """The forcing of ``axis_size x members`` folded members (``_fold``'s order): ``fv``
+    ``(NY, 4)`` shared or ``(NY, 4, members)`` per member, with a leading batch axis when
+    ``batched`` -> ``(NY, 4)`` when every member shares it, else ``(NY, 4, axis_size
+    members)`` (the kernel's per-member forcing: sites with their own rainfall in one
+    call)."""
+    if not batched:
+        if fv.ndim == 2:
+            return fv
+        fv = jnp.broadcast_to(fv, (axis_size,) + fv.shape)
+    if fv.ndim == 3:  # (Bv, NY, 4): one series per batch entry, shared by its members
+        fv = jnp.broadcast_to(fv[..., None], fv.shape + (members,))
+    ny, nd = fv.shape[1], fv.shape[2]
+    return jnp.moveaxis(fv, 0, 2).reshape(ny, nd, axis_size * members)
+
+
 def _unfold(x, axis_size):
     """``(Bv B, ...)`` -> ``(Bv, B, ...)``."""
     return x.reshape((axis_size, x.shape[0] // axis_size) + x.shape[1:])
@@ -75,26 +91,13 @@ def _functions(name: str, steps: int, threads: int, layout: Layout, dtype):
         fields, finite = _kernel.rk4_observed(name, prm, fv, steps, threads)
         return tuple(fields[k] for k in _NAMES), finite.astype(prm.dtype)
 
-    def _primal_batched(axis_size, prm_batched, prm, fv):
-        outs, finite = primal(_fold(prm, axis_size, prm_batched), fv)
-        return tuple(_unfold(o, axis_size) for o in outs), _unfold(finite, axis_size)
-
     @primal.def_vmap
     def _primal_vmap(axis_size, in_batched, prm, fv):
-        if in_batched[1]:
-            # A batched forcing: the kernel when every copy is the same (a batched stage
-            # skip flag broadcasts the forcing of a bootstrap), else the XLA RK4 per member
-            # (the same numbers).
-            def xla():
-                return jax.vmap(lambda p, f: _xla_outputs(p, f, steps, layout),
-                                in_axes=(0 if in_batched[0] else None, 0))(prm, fv)
-
-            outs, finite = jax.lax.cond(
-                jnp.all(fv == fv[:1]),
-                lambda: _primal_batched(axis_size, in_batched[0], prm, fv[0]), xla)
-        else:
-            outs, finite = _primal_batched(axis_size, in_batched[0], prm, fv)
-        return (outs, finite), ((True,) * len(outs), True)
+        members = prm.shape[-1]
+        outs, finite = primal(_fold(prm, axis_size, in_batched[0]),
+                              _fold_forcing(fv, axis_size, in_batched[1], members))
+        return ((tuple(_unfold(o, axis_size) for o in outs), _unfold(finite, axis_size)),
+                ((True,) * len(outs), True))
 
     @jax.custom_batching.custom_vmap
     def tangent(prm, dprm, fv):
@@ -109,39 +112,21 @@ def _functions(name: str, steps: int, threads: int, layout: Layout, dtype):
 
     @tangent.def_vmap
     def _tangent_vmap(axis_size, in_batched, prm, dprm, fv):
-        if in_batched[2]:
-            # As for the values: the kernel when every copy of the forcing is the same,
-            # else forward mode through the XLA RK4 per member.
-            def one(p, dp, f):
-                (outs, finite), (douts, _) = jax.jvp(
-                    lambda q: _xla_outputs(q, f, steps, layout), (p,), (dp,))
-                return outs, douts, finite
-
-            def xla():
-                return jax.vmap(one, in_axes=tuple(0 if b else None for b in in_batched))(
-                    prm, dprm, fv)
-
-            def kern():
-                return _tangent_vmap(axis_size, (True, True, False),
-                                     prm if in_batched[0] else jnp.broadcast_to(
-                                         prm, (axis_size,) + prm.shape),
-                                     dprm if in_batched[1] else jnp.broadcast_to(
-                                         dprm, (axis_size,) + dprm.shape), fv[0])[0]
-
-            out = jax.lax.cond(jnp.all(fv == fv[:1]), kern, xla)
-            return out, ((True,) * len(out[0]), (True,) * len(out[1]), True)
+        members = prm.shape[-1]
         outs, douts, finite = tangent(_fold(prm, axis_size, in_batched[0]),
-                                      _fold(dprm, axis_size, in_batched[1]), fv)
+                                      _fold(dprm, axis_size, in_batched[1]),
+                                      _fold_forcing(fv, axis_size, in_batched[2], members))
         outs = tuple(_unfold(o, axis_size) for o in outs)
         douts = tuple(_unfold(o, axis_size) for o in douts)
         finite = _unfold(finite, axis_size)
-        if not in_batched[0]:
+        primal_batched = in_batched[0] or in_batched[2]
+        if not primal_batched:
             # Only the tangents are batched (jacfwd's directions): the primal outputs are
             # the same in every copy, and unbatched as the primal function's are.
             outs = tuple(o[0] for o in outs)
             finite = jnp.min(finite, axis=0)
         return ((outs, douts, finite),
-                ((in_batched[0],) * len(outs), (True,) * len(douts), in_batched[0]))
+                ((primal_batched,) * len(outs), (True,) * len(douts), primal_batched))
 
     @jax.custom_jvp
     def outputs(prm, fv):
@@ -163,22 +148,6 @@ def _functions(name: str, steps: int, threads: int, layout: Layout, dtype):
     outputs.defjvp(_outputs_jvp, symbolic_zeros=True)
 
     return outputs
-
-
-def _xla_outputs(prm, fv, steps: int, layout: Layout):
-    """What the kernel computes, by the XLA ``RK4``: ``prm`` ``(NP, B)``, ``fv`` ``(NY, 4)``
-    (the driver series) -> ``(fields, finite)`` (the fallback for a batched forcing)."""
-    from ._simulate import simulate
-
-    forcing = Forcing(fv[:, 0], fv[:, 1], fv[:, 2], fv[:, 3], 0)
-
-    def one(col):
-        p = jax.tree_util.tree_unflatten(_treedef(), list(col))
-        sim = simulate(p, forcing, solver=RK4(steps), n_lag=layout.n_lag)
-        return (tuple(getattr(sim, k) for k in _NAMES),
-                (sim.status == code("successful")).astype(prm.dtype))
-
-    return jax.vmap(one, in_axes=1)(prm)
 
 
 @functools.cache

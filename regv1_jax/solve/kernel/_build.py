@@ -253,7 +253,8 @@ def available(params, layout: Layout, dtype) -> bool:
 def rk4_observed(name: str, prm, forcing_values, steps_per_year: int, threads: int,
                  nvalid=None, jvp: bool = False):
     """Call the kernel: ``prm (NP, B)`` (the parameter leaves, stacked), ``forcing_values
-    (NY, 4)`` (rainfall, intensity, psi_plant, psi_eng of each year, shared by every member)
+    (NY, 4)`` (rainfall, intensity, psi_plant, psi_eng of each year, shared by every member;
+    or ``(NY, 4, B)``, a forcing per member)
     -> ``(fields, finite)``: ``fields`` maps each of ``FIELDS``' names to its ``(B, NY)``
     (or ``(B, NY, k)``) array of annual outputs of ``observe_year``, NaN for a member whose
     state did not stay finite; ``finite (B,)`` (int32) is 1 where it did.  The kernel

@@ -108,10 +108,24 @@ static inline void check(const T* __restrict Y, U* __restrict bad) {
 }
 
 // RK4 over every year for members [o, o + n) (n <= W) of the problem.
+// The drivers of year yr for members [o, o + n): FV (NY, ND) shared by every member
+// (per == false), or (NY, ND, B), one series per member (per == true).
+template <int W>
+static inline void year_drivers(const T* __restrict FV, T* __restrict DR, int64_t yr,
+                                int64_t B, bool per, int64_t o, int64_t n) {
+  for (int j = 0; j < ND; ++j) {
+    if (per) {
+      load<W>(DR + j * W, FV + (yr * ND + j) * B + o, n);
+    } else {
+      for (int i = 0; i < W; ++i) DR[j * W + i] = FV[yr * ND + j];
+    }
+  }
+}
+
 template <int W>
 static void block(const T* __restrict PR, const T* __restrict FV, T* const* R,
                   int32_t* __restrict OK, int64_t B, int64_t NY, int64_t steps, int64_t o,
-                  int64_t n) {
+                  int64_t n, bool per) {
   const double h = 1.0 / double(steps);
   const T half_h = T(0.5 * h), full_h = T(h), sixth_h = T(h / 6.0);
   const int64_t half = steps / 2;
@@ -120,14 +134,12 @@ static void block(const T* __restrict PR, const T* __restrict FV, T* const* R,
   alignas(64) U bad[W] = {};
   for (int j = 0; j < NP; ++j) load<W>(P + j * W, PR + j * B + o, n);
   pre0<W>(P, H0);
-  for (int j = 0; j < ND; ++j)
-    for (int i = 0; i < W; ++i) DR[j * W + i] = FV[j];
+  year_drivers<W>(FV, DR, 0, B, per, o, n);
   init<W>(P, DR, Y);
   check<W>(Y, bad);
   for (int64_t yr = 0; yr < NY; ++yr) {
     std::memcpy(S0, Y, sizeof(S0));
-    for (int j = 0; j < ND; ++j)
-      for (int i = 0; i < W; ++i) DR[j * W + i] = FV[yr * ND + j];
+    year_drivers<W>(FV, DR, yr, B, per, o, n);
     pre1<W>(P, H0, DR, H1);
     for (int hf = 0; hf < 2; ++hf) {
       for (int64_t s = 0; s < half; ++s) {
@@ -160,7 +172,7 @@ static void block(const T* __restrict PR, const T* __restrict FV, T* const* R,
 }
 
 // The RK4 solves: PR (NP, B) (the parameter leaves), FV (NY, ND) (the forcing every
-// member shares) -> the result arrays R[NR] (each (B, NY, WIDTH[r]): the FIELDS, NaN for
+// member shares; per: (NY, ND, B), a forcing per member) -> the result arrays R[NR] (each (B, NY, WIDTH[r]): the FIELDS, NaN for
 // a member whose state did not stay finite) and OK (B,) (1 where the member's state stayed
 // finite at every half year).  Members [nvalid, B) (the padding of a bucket) are not
 // solved: their outputs are zero and OK is 1.  Full blocks of WB members
@@ -168,7 +180,7 @@ static void block(const T* __restrict PR, const T* __restrict FV, T* const* R,
 // lane group, not WB).  A plain C entry point; the FFI handler below wraps it.
 extern "C" void regv1_rk4_run(const T* __restrict PR, const T* __restrict FV, T* const* R,
                               int32_t* __restrict OK, int64_t B, int64_t nvalid, int64_t NY,
-                              int64_t steps, int64_t threads) {
+                              int64_t steps, int64_t threads, int per) {
   const int64_t nv = std::max<int64_t>(0, std::min(nvalid, B));
   const int64_t nfull = nv / WB, tail0 = nfull * WB;
   const int64_t ntasks = nfull + (nv - tail0 + WS - 1) / WS;
@@ -181,10 +193,10 @@ extern "C" void regv1_rk4_run(const T* __restrict PR, const T* __restrict FV, T*
   #pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if(nt > 1)
   for (int64_t b = 0; b < ntasks; ++b) {
     if (b < nfull) {
-      block<WB>(PR, FV, R, OK, B, NY, steps, b * WB, WB);
+      block<WB>(PR, FV, R, OK, B, NY, steps, b * WB, WB, per != 0);
     } else {
       const int64_t o = tail0 + (b - nfull) * WS;
-      block<WS>(PR, FV, R, OK, B, NY, steps, o, std::min<int64_t>(WS, nv - o));
+      block<WS>(PR, FV, R, OK, B, NY, steps, o, std::min<int64_t>(WS, nv - o), per != 0);
     }
   }
   if (nv < B) {
@@ -216,11 +228,14 @@ static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> prm, ffi::Buffer<ffi::@FFI@> drv,
                       ffi::Buffer<ffi::S32> nvalid, ffi::RemainingRets res, int64_t steps,
                       int64_t threads) {
   const auto bad = ffi::Error::InvalidArgument("regv1 rk4 kernel: bad shapes or steps");
+  const auto dd = drv.dimensions();
   if (prm.dimensions().size() != 2 || prm.dimensions()[0] != NP
-      || drv.dimensions().size() != 2 || drv.dimensions()[1] != ND || drv.dimensions()[0] < 1
+      || (dd.size() != 2 && dd.size() != 3) || dd[1] != ND || dd[0] < 1
       || nvalid.element_count() != 1 || steps < 2 || steps % 2 || res.size() != NR + 1)
     return bad;
   const int64_t B = prm.dimensions()[1];
+  const bool per = dd.size() == 3;  // a forcing per member: (NY, ND, B)
+  if (per && dd[2] != B) return bad;
   const int64_t NY = drv.dimensions()[0];
   auto ok = res.get<ffi::Buffer<ffi::S32>>(NR);
   if (ok.has_error()) return ok.error();
@@ -233,7 +248,7 @@ static ffi::Error Rk4(ffi::Buffer<ffi::@FFI@> prm, ffi::Buffer<ffi::@FFI@> drv,
     R[r] = (*b)->typed_data();
   }
   regv1_rk4_run(prm.typed_data(), drv.typed_data(), R, (*ok)->typed_data(), B,
-                nvalid.typed_data()[0], NY, steps, threads);
+                nvalid.typed_data()[0], NY, steps, threads, per ? 1 : 0);
   return ffi::Error::Success();
 }
 

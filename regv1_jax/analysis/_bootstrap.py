@@ -55,7 +55,7 @@ from ..fit import (
     simulated,
     staged_problem,
 )
-from ..model import LAYER_DEPTHS_M, SOM_PER_C, Forcing, Params, ParamSpace
+from ..model import Forcing, Params, ParamSpace, soc_stock
 from ..solve import AbstractSolver, simulate
 from ..status import MESSAGES, code
 from ._evaluate import ChunkStore, Evaluation, map_chunks, no_planting
@@ -226,8 +226,7 @@ def _soc_rate_0_40(sim, params, ps):
     """Mean annual 0-40 cm SOC gain over the planting years, t C/ha/yr (the definition of
     ``regional_magnitudes``: layer SOM x bulk density x depth / SOM_PER_C, mid-year to
     mid-year)."""
-    d = jnp.asarray(LAYER_DEPTHS_M, sim.SOM_layers.dtype)
-    C = jnp.sum(sim.SOM_layers * params.rho_b * d, axis=-1) / SOM_PER_C  # kg C m^-2
+    C = soc_stock(sim.SOM_layers, params.rho_b)  # kg C m^-2
     return 10.0 * _masked_mean(jnp.diff(C), sim.years[1:] >= ps)
 
 

@@ -7,13 +7,12 @@ import jax
 import numpy as np
 
 from ..model import (
-    LAYER_DEPTHS_M,
-    SOM_PER_C,
     Forcing,
     Layout,
     Params,
     make_forcing,
     rates,
+    soc_stock,
     year_drivers,
 )
 from ..solve import AbstractSolver, Simulation, simulate, solver_from
@@ -32,9 +31,7 @@ REGION_AREAS_KM2: dict[str, dict[str, float | None]] = {
 
 def _annual_soc_change(sim: Simulation, params: Params) -> np.ndarray:
     """Change of the 0-40 cm SOC stock between mid-years, kg C m^-2 yr^-1."""
-    d = np.asarray(LAYER_DEPTHS_M)
-    C = np.asarray(sim.SOM_layers) * float(params.rho_b) * d / SOM_PER_C
-    return np.diff(C.sum(axis=1))
+    return np.diff(soc_stock(np.asarray(sim.SOM_layers), float(params.rho_b), xp=np))
 
 
 def regional_magnitudes(params: Params, forcing: Forcing, region: str,

@@ -27,6 +27,7 @@ from ._field import initial_terms as initial_terms
 from ._field import rate_terms as rate_terms
 from ._field import rates as rates
 from ._field import sediment as sediment
+from ._field import soc_stock as soc_stock
 from ._field import som_layer as som_layer
 from ._field import som_topsoil as som_topsoil
 from ._field import vector_field as vector_field

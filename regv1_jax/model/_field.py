@@ -21,9 +21,9 @@ from ._params import Params
 
 __all__ = ["Layout", "Drivers", "drivers", "rates", "rate_terms", "vector_field", "initial_state",
            "initial_terms", "year_drivers", "equilibrium_theta", "water_fluxes", "sediment",
-           "field_capacity", "som_layer", "som_topsoil", "driver_series", "LAYER_DEPTHS_M",
-           "N_LAG_DEFAULT", "SOM_PER_C", "infiltration_cover", "vector_field_numpy",
-           "THETA_BISECTIONS", "THETA_BISECTIONS_F32"]
+           "field_capacity", "som_layer", "soc_stock", "som_topsoil", "driver_series",
+           "LAYER_DEPTHS_M", "N_LAG_DEFAULT", "SOM_PER_C", "infiltration_cover",
+           "vector_field_numpy", "THETA_BISECTIONS", "THETA_BISECTIONS_F32"]
 
 # Layer thicknesses (m) of the three SOC layers 0-10, 10-20, 20-40 cm.
 LAYER_DEPTHS_M = (0.1, 0.1, 0.2)
@@ -113,6 +113,16 @@ def drivers(p: Params, P, i, psi_plant, psi_eng) -> Drivers:
 def som_layer(C_l, rho_b, layer: int):
     """%SOM of layer ``layer`` (0: 0-10, 1: 10-20, 2: 20-40 cm) from its SOC stock (kg C m^-2)."""
     return C_l * (SOM_PER_C / (rho_b * LAYER_DEPTHS_M[layer]))
+
+
+def soc_stock(som_layers, rho_b, xp: Any = jnp):
+    """The 0-40 cm SOC stock, kg C m^-2, from the layers' %SOM ``som_layers`` (``(...,
+    years, 3)``: a simulation's ``SOM_layers``) and the bulk density ``rho_b`` (g cm^-3; a
+    scalar, or one per leading batch entry): the inverse of :func:`som_layer`, summed over
+    the layers -> ``(..., years)``.  ``xp``: the array module (``numpy`` on the host)."""
+    d = xp.asarray(LAYER_DEPTHS_M, dtype=som_layers.dtype)
+    rho = xp.asarray(rho_b)[..., None, None]
+    return xp.sum(som_layers * rho * d, axis=-1) / SOM_PER_C
 
 
 def som_topsoil(C0, C1, rho_b):

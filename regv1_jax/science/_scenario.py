@@ -26,7 +26,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import LAYER_DEPTHS_M, PARAM_NAMES, SOM_PER_C, Forcing, Params, make_forcing
+from ..model import Forcing, Params, make_forcing, soc_stock
 from ..solve import simulate_ensemble
 from ._thresholds import replicate_params
 
@@ -85,9 +85,7 @@ def scenario_forcings(forcing: Forcing, planting_start: int) -> dict[str, Forcin
 
 def _soc_tC_ha(sim, rho_b):
     """0-40 cm SOC stock per year, t C/ha (``sim`` batched: ``(B, years)``)."""
-    d = np.asarray(LAYER_DEPTHS_M)
-    C = np.asarray(sim.SOM_layers) * np.asarray(rho_b)[:, None, None] * d / SOM_PER_C
-    return C.sum(axis=-1) * 10.0  # kg C/m2 -> t C/ha
+    return 10.0 * soc_stock(np.asarray(sim.SOM_layers), rho_b, xp=np)  # kg C/m2 -> t C/ha
 
 
 def scenario_effects(params: Params, forcing: Forcing, planting_start: int,
@@ -159,7 +157,7 @@ def run_scenarios(cal, *, area_km2: float | None = None, B: int = 200, seed: int
     """Every scenario of a :class:`fit.SiteCalibration` at its estimate and over its
     bootstrap replicates (``B``; 0: no intervals), scaled to ``area_km2`` (default the
     Loess Plateau's 640,000 km2)."""
-    from ..analysis import site_bootstrap
+    from ..analysis import percentile_interval, site_bootstrap
 
     years = cal.forcing.years
     if planting_start is None:
@@ -170,7 +168,7 @@ def run_scenarios(cal, *, area_km2: float | None = None, B: int = 200, seed: int
                          "give one (--planting-start)")
     area, src = (float(area_km2), "given") if area_km2 else (LOESS_PLATEAU_KM2,
                                                              "Loess Plateau (default)")
-    point = jnp_params(cal.params)
+    point = replicate_params(cal.params, (), np.empty((1, 0)))  # the estimate, batch of one
     est = scenario_effects(point, cal.forcing, planting_start, area)
     reps, used = None, 0
     if B:
@@ -194,16 +192,13 @@ def run_scenarios(cal, *, area_km2: float | None = None, B: int = 200, seed: int
             row = {"scenario": k, "quantity": q, "estimate": float(v[0]),
                    "lo": float("nan"), "hi": float("nan")}
             if reps is not None:
-                r = reps[k][q][np.asarray(reps[k]["failed_solves"]) == 0]
-                r = r[np.isfinite(r)]
-                if r.size >= 2:
-                    row["lo"], row["hi"] = (float(x) for x in np.percentile(r, [2.5, 97.5]))
+                r = reps[k][q]
+                good = (np.asarray(reps[k]["failed_solves"]) == 0) & np.isfinite(r)
+                if good.sum() >= 2:
+                    row["lo"], row["hi"] = (float(x) for x in np.asarray(
+                        percentile_interval(jnp.asarray(r), jnp.asarray(good))))
             rows.append(row)
     cost = WORLD_BANK_USD_PER_HA * area * 100.0
     return ScenarioResult(cal.site, area, src, planting_start,
                           (int(years[0]), int(years[-1])), rows, B, used, cost)
 
-
-def jnp_params(p: Params) -> Params:
-    """``p`` with a leading batch axis of one."""
-    return Params(**{n: jnp.asarray(getattr(p, n))[None] for n in PARAM_NAMES})

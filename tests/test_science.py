@@ -23,7 +23,7 @@ def test_rainfall_limits_are_the_bifurcation_folds_and_the_fast_settings_are_clo
     fine = rainfall_limits(p, rain)
     assert float(fine[0]) == pytest.approx(float(bif.P_veg), abs=1e-9)
     assert float(fine[1]) == pytest.approx(float(bif.P_bare_unstable), abs=1e-9)
-    draws = space.sample_prior(jax.random.PRNGKey(5), 24, dtype=jnp.float64)
+    draws = space.sample_prior(jax.random.PRNGKey(5), 16, dtype=jnp.float64)
     f = jax.jit(jax.vmap(lambda q: rainfall_limits(q, rain)))
     ref = [np.asarray(a) for a in f(draws)]
     fast = S.thresholds(draws, jnp.asarray(400.0), jnp.asarray(1.0), batched=True)

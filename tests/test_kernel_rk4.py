@@ -25,8 +25,11 @@ def _available(dtype):
     return kernel.available(p, Layout(), dtype) and jax.default_backend() == "cpu"
 
 
-pytestmark = pytest.mark.skipif(not _available(jnp.float64),
-                                reason="no C++ compiler: KernelRK4 falls back to RK4")
+@pytest.fixture(autouse=True, scope="module")
+def _needs_the_kernel():
+    # checked when the file runs, not at collection (where every worker would build it)
+    if not _available(jnp.float64):
+        pytest.skip("no C++ compiler: KernelRK4 falls back to RK4")
 
 
 def _outputs(sim):

@@ -312,6 +312,18 @@ def dtype_option(default: str = "float64", help: str | None = None):
                         show_default=True, help=help)
 
 
+def interval_refits_options(B: int, what: str):
+    """``--B`` (bootstrap refits, 0: no intervals; default ``B``) and ``--seed`` (of the
+    resampling) of the commands that put bootstrap intervals on derived quantities
+    (``scaling``, ``scenario``); ``what``: the intervals' subject in ``--B``'s help."""
+    return _stack(
+        click.option("--B", "B", type=click.IntRange(min=0), default=B, show_default=True,
+                     help=f"Bootstrap refits {what} (0: none)."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the bootstrap resampling."),
+    )
+
+
 no_cache_option = click.option("--no-cache", is_flag=True,
                                help="Do not use the compilation cache.")
 dry_run_option = click.option("--dry-run", is_flag=True,

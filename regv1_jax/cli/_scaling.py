@@ -13,6 +13,7 @@ from ._common import (
     command_manifest,
     compute_context,
     dtype_option,
+    interval_refits_options,
     no_cache_option,
     out_dir_options,
     out_dir_writer,
@@ -28,10 +29,7 @@ from ._common import (
 @out_dir_options
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Calibration config JSON for every site.")
-@click.option("--B", "B", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Bootstrap refits per site for the threshold intervals (0: none).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the bootstrap resampling.")
+@interval_refits_options(B=100, what="per site for the threshold intervals")
 @dtype_option()
 @no_cache_option
 def scaling(sites_file, out, force, config_file, B, seed, dtype, no_cache):

@@ -15,6 +15,7 @@ from ._common import (
     compute_context,
     dtype_option,
     fit_years_options,
+    interval_refits_options,
     no_cache_option,
     out_dir_options,
     out_dir_writer,
@@ -32,10 +33,7 @@ from ._common import (
               "Plateau's 640,000 km2).")
 @click.option("--planting-start", type=int, default=None,
               help="First planting year of the scenarios (default: the site's).")
-@click.option("--B", "B", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Bootstrap refits for the intervals (0: none).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the bootstrap resampling.")
+@interval_refits_options(B=200, what="for the intervals")
 @dtype_option()
 @no_cache_option
 def scenario(site, data, region, out, force, config_file, start, end, holdout, area_km2,

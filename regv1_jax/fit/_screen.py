@@ -116,10 +116,11 @@ def screen_draws(space: ParamSpace, names, n: int, seed: int, base_x: np.ndarray
     lo, hi = ndtr(-k_sd), ndtr(k_sd)
     z = ndtri(lo + unit * (hi - lo))
     x = np.repeat(np.asarray(base_x, float)[None], n, axis=0)
+    mean, sd, _, log = space.prior_on_scale(names)
     for j, name in enumerate(names):
         sp = space.spec(name)
-        s = sp.prior_mean + sp.prior_sd * z[:, j]
-        v = np.exp(s) if sp.scale == "log" else s
+        s = mean[j] + sd[j] * z[:, j]
+        v = np.exp(s) if log[j] else s
         edge = 1e-3 * (sp.bound_upper - sp.bound_lower)
         x[:, PARAM_NAMES.index(name)] = np.clip(v, sp.bound_lower + edge,
                                                 sp.bound_upper - edge)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ..model import PARAM_NAMES, Forcing, Params, ParamSpace, ci_on_scale
+from ..model import PARAM_NAMES, Forcing, Params, ParamSpace
 from ..status import code
 from ._config import CalibrationError, FitSettings, Stage
 from ._objective import TARGET_VARIABLES, Objective, Targets
@@ -143,10 +143,7 @@ def prior_starts(space: ParamSpace, key, n_stages: int, n_draws: int) -> np.ndar
     data = (jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
             else key)
     seed = [int(v) for v in np.asarray(data).ravel()]
-    ci = np.array([ci_on_scale(s) for s in space.specs])
-    mean = np.array([s.prior_mean for s in space.specs])
-    sd = np.array([s.prior_sd for s in space.specs])
-    log = np.array([s.scale == "log" for s in space.specs])
+    mean, sd, ci, log = space.prior_on_scale()
     lo, hi = ndtr((ci[:, 0] - mean) / sd), ndtr((ci[:, 1] - mean) / sd)
     out = np.empty((n_stages, n_draws, len(space.specs)))
     for i in range(n_stages):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import equinox as eqx
@@ -289,6 +289,17 @@ class ParamSpace(eqx.Module):
             total = total - 0.5 * self.spec(name).standardised(x) ** 2
         return total
 
+    def prior_on_scale(self, names: Sequence[str] | None = None) -> tuple[np.ndarray, ...]:
+        """``(mean, sd, ci, log)`` of ``names`` (default every parameter, in order) on each
+        prior's scale (log for the log-normal priors): the prior's mean and sd, its CI_95
+        ``(k, 2)`` and whether the scale is log.  A value ``s`` on that scale is the
+        physical ``exp(s)`` where ``log``, else ``s`` (the prior draws, the fit's starts
+        and the global search's draws all map so)."""
+        specs = self.specs if names is None else tuple(self.spec(n) for n in names)
+        return (np.array([s.prior_mean for s in specs]), np.array([s.prior_sd for s in specs]),
+                np.array([ci_on_scale(s) for s in specs]).reshape(len(specs), 2),
+                np.array([s.scale == "log" for s in specs]))
+
     def sample_prior(self, key, n: int | None = None, dtype=None) -> Params:
         """Draws from the prior truncated to its CI_95 (normal on each parameter's scale).
 
@@ -299,9 +310,7 @@ class ParamSpace(eqx.Module):
         """
         shape = () if n is None else (n,)
         keys = jax.random.split(key, len(self.specs))
-        ci = np.array([ci_on_scale(s) for s in self.specs])
-        mean = np.array([s.prior_mean for s in self.specs])
-        sd = np.array([s.prior_sd for s in self.specs])
+        mean, sd, ci, log = self.prior_on_scale()
         # One vmapped draw for every parameter (parameter j from keys[j]: the values of
         # one call per parameter, in a handful of operations instead of 40 calls).
         z = jax.vmap(lambda k, a, b: jax.random.truncated_normal(
@@ -309,8 +318,7 @@ class ParamSpace(eqx.Module):
             keys, (ci[:, 0] - mean) / sd, (ci[:, 1] - mean) / sd)
         col = (-1,) + (1,) * len(shape)
         s = jnp.asarray(mean.reshape(col), z.dtype) + jnp.asarray(sd.reshape(col), z.dtype) * z
-        out = {spec.name: (jnp.exp(s[j]) if spec.scale == "log" else s[j])
-               for j, spec in enumerate(self.specs)}
+        out = {name: (jnp.exp(s[j]) if log[j] else s[j]) for j, name in enumerate(PARAM_NAMES)}
         return Params(**out)
 
     # --- subsets -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from helpers import loess, tree_allclose, yanhe_forcing
 
 import regv1_jax as r
-from regv1_jax.solve import MAX_STEPS, NONFINITE, OK
+from regv1_jax.solve import MAX_STEPS, NONFINITE, OK, simulate_trace_count
 
 OUTPUTS = ("V", "SOM", "SOM_layers", "theta", "runoff", "ET", "drainage", "water_yield",
            "erosion", "storage_change")
@@ -148,6 +148,18 @@ def test_one_trace_per_shape():
     run_jit = jax.jit(run)
     run_jit(p)
     run_jit(p.replace(r_V=0.1))
+
+
+def test_a_spelled_out_default_is_the_same_compiled_simulation():
+    _, p = loess()
+    f = yanhe_forcing(1995, 1997)  # a length no other test of this file simulates
+    sim = r.simulate(p, f)
+    n = simulate_trace_count()
+    same = r.simulate(p, f, method="tsit5", adjoint="checkpoint", max_steps=16_384)
+    assert simulate_trace_count() == n
+    assert tree_allclose(sim, same, rtol=0, atol=0)
+    r.simulate(p, f, method="rk4")
+    assert simulate_trace_count() == n + 1  # another setting is another trace
 
 
 def test_bad_forcing_and_options_raise():

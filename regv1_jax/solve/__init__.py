@@ -24,6 +24,7 @@ from ._simulate import Simulation as Simulation
 from ._simulate import assemble as assemble
 from ._simulate import observe_year as observe_year
 from ._simulate import simulate as simulate
+from ._simulate import simulate_trace_count as simulate_trace_count
 from ._simulate import solve_grid as solve_grid
 from ._simulate import with_forcing as with_forcing
 from ._solvers import ADJOINTS as ADJOINTS

@@ -165,7 +165,6 @@ def observe(ys, status, params: Params, forcing: Forcing, layout: Layout) -> Sim
     return assemble(observe_year(starts, mids, ends, params, layout), status, forcing)
 
 
-@eqx.filter_jit
 def simulate(
     params: Params,
     forcing: Forcing,
@@ -200,6 +199,14 @@ def simulate(
     Returns:
         :class:`Simulation`; where ``status != 0`` every output is NaN.
     """
+    # every setting passed on explicitly: a call that spells out a default and one that
+    # leaves it out are one trace and one compilation, not two
+    return _simulate(params, forcing, method, adjoint, rtol, atol, max_steps, steps_per_year,
+                     n_lag, solver)
+
+
+def _simulate_traced(params, forcing, method, adjoint, rtol, atol, max_steps, steps_per_year,
+                     n_lag, solver) -> Simulation:
     if solver is not None:
         if forcing.n_years < 1:
             raise ValueError("forcing must cover at least one year")
@@ -211,6 +218,17 @@ def simulate(
         max_steps=max_steps, steps_per_year=steps_per_year, n_lag=n_lag, solver=solver,
     )
     return observe(ys, status, params, forcing.astype(params.dtype), Layout(n_lag))
+
+
+# counted (``eqx.debug.get_num_traces``): a test hook for "one trace per call signature"
+_simulate_counted = eqx.debug.assert_max_traces(_simulate_traced, max_traces=None)
+_simulate = eqx.filter_jit(_simulate_counted)
+
+
+def simulate_trace_count() -> int:
+    """How many times :func:`simulate` has been traced in this process (a compile happens
+    per trace): tests assert that equivalent calls share one."""
+    return eqx.debug.get_num_traces(_simulate_counted)
 
 
 # Depths (cm) of the SOC layers, for labels.

@@ -275,10 +275,13 @@ def test_cli_bootstrap_end_to_end(tmp_path):
 
     _, _, _, cfg, path = tiny_problem(tmp_path)
     conf = tmp_path / "cfg.json"
+    # the tiny problem of the library tests above (r_V and K_V in one stage): no global
+    # search, so no basin stage of 12 parameters that 15 LM steps would not converge
     conf.write_text(json.dumps({"stages": [{"name": "a", "free": ["r_V", "K_V"],
                                             "variables": ["veg_cover_%"]}],
                                 "n_starts": 1, "lm_steps": 15, "prior_weight": 0.0,
-                                "method": "rk4", "steps_per_year": 4, "holdout": None}))
+                                "method": "rk4", "steps_per_year": 4, "holdout": None,
+                                "screen": 0}))
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["bootstrap", "--site", "bs-synthetic", "--data", str(path),
                                     "--region", "LoessPlateau", "--config", str(conf),

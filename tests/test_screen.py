@@ -188,6 +188,11 @@ def test_search_finds_the_global_basin_of_a_two_basin_problem():
     assert float(prob.z(u_local)[idx[0]]) > 0 and float(loss_local) > loss_best + 0.5
     found = screen(prob, names, 256, 4, seed=0)
     assert found.losses.size == 256 and found.starts.shape == (4, len(r.PARAM_NAMES))
+    # one start per stage (n_starts 1): the draws are scored, none is asked for as a start
+    # (was every distinct draw: a crash of plan_basin with n_starts = 1)
+    none = screen(prob, names, 256, 0, seed=0)
+    assert none.starts.shape == (0, len(r.PARAM_NAMES)) and none.start_losses.shape == (0,)
+    np.testing.assert_array_equal(none.losses, found.losses)
     u_glob, loss_glob = descend(jnp.asarray(found.starts[0]))
     zg = np.asarray(prob.z(u_glob))[list(idx)]
     assert float(loss_glob) <= loss_best + 1e-6  # at least as good as the grid's best

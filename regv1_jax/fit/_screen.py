@@ -137,10 +137,10 @@ def _distinct(order, z, m: int, min_distance: float = MIN_DISTANCE) -> list[int]
     one already chosen is at least ``min_distance``."""
     chosen: list[int] = []
     for i in order:
+        if len(chosen) >= m:  # (m = 0, one start per stage: no draw is asked for)
+            break
         if all(np.sqrt(np.mean((z[i] - z[j]) ** 2)) >= min_distance for j in chosen):
             chosen.append(int(i))
-        if len(chosen) == m:
-            break
     return chosen
 
 

@@ -152,7 +152,7 @@ def test_one_trace_per_shape():
 
 def test_a_spelled_out_default_is_the_same_compiled_simulation():
     _, p = loess()
-    f = yanhe_forcing(1995, 1997)  # a length no other test of this file simulates
+    f = yanhe_forcing(1995, 1997)  # no other test simulates these years: the rk4 trace is new
     sim = r.simulate(p, f)
     n = simulate_trace_count()
     same = r.simulate(p, f, method="tsit5", adjoint="checkpoint", max_steps=16_384)
